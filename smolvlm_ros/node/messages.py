@@ -1,0 +1,73 @@
+"""Core values <-> ROS messages: the only place that knows both sides."""
+
+from __future__ import annotations
+
+from builtin_interfaces.msg import Time
+from std_msgs.msg import Header
+
+from smolvlm_ros.engine.types import Result
+from smolvlm_ros.msg import Caption, Provenance, Timing, VqaAnswer
+
+NS_PER_S = 1_000_000_000
+
+
+def stamp_to_ns(stamp: Time) -> int:
+    return stamp.sec * NS_PER_S + stamp.nanosec
+
+
+def ns_to_stamp(ns: int) -> Time:
+    return Time(sec=ns // NS_PER_S, nanosec=ns % NS_PER_S)
+
+
+def _header(result: Result) -> Header:
+    """The SOURCE frame's stamp and frame_id, so results line up with the images they describe."""
+    return Header(stamp=ns_to_stamp(result.stamp_ns), frame_id=result.frame_id)
+
+
+def _provenance(result: Result) -> Provenance:
+    return Provenance(
+        model=result.model,
+        backend=result.backend,
+        device=result.device,
+        dtype=result.dtype,
+        prompt=result.prompt,
+        tile_rows=result.tile_rows,
+        tile_cols=result.tile_cols,
+        num_images=result.num_images,
+    )
+
+
+def _timing(result: Result) -> Timing:
+    t = result.timing
+    return Timing(
+        queue_wait_ms=t.queue_wait_ms,
+        preprocess_ms=t.preprocess_ms,
+        encode_ms=t.encode_ms,
+        prefill_ms=t.prefill_ms,
+        decode_ms=t.decode_ms,
+        total_ms=t.total_ms,
+        prompt_tokens=t.prompt_tokens,
+        image_tokens=t.image_tokens,
+        generated_tokens=t.generated_tokens,
+    )
+
+
+def to_caption(result: Result) -> Caption:
+    return Caption(
+        header=_header(result),
+        camera=result.camera,
+        text=result.text,
+        provenance=_provenance(result),
+        timing=_timing(result),
+    )
+
+
+def to_vqa_answer(result: Result) -> VqaAnswer:
+    return VqaAnswer(
+        header=_header(result),
+        camera=result.camera,
+        question=result.prompt,
+        answer=result.text,
+        provenance=_provenance(result),
+        timing=_timing(result),
+    )

@@ -1,0 +1,82 @@
+"""The node's parameters: names, types, ranges, defaults and validation, in one table.
+
+Kept apart from the node so every parameter is declared, documented and checked in one place,
+and a bad value stops start-up with one clear message instead of a half-running node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from smolvlm_ros.engine.engine import DEFAULT_CAPTION_PROMPT, DEFAULT_MAX_NEW_TOKENS
+from smolvlm_ros.models.loading import DEFAULT_MODEL, DEVICES, DTYPES
+
+MAX_NEW_TOKENS_LIMIT = 4096
+
+
+class SettingsError(ValueError):
+    """A parameter has a value the node cannot run with."""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Every parameter of ``vlm_node`` with its default; the field docs are the descriptions."""
+
+    image_topics: tuple[str, ...] = ("/camera/image_raw",)
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    image_splitting: bool = False
+    caption_rate_hz: float = 1.0
+    caption_prompt: str = DEFAULT_CAPTION_PROMPT
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    ask_timeout_s: float = 30.0
+    max_pending_questions: int = 8
+
+    def validate(self) -> NodeSettings:
+        """Return self, or raise :class:`SettingsError` naming the parameter and the fix."""
+        topics = [t.strip() for t in self.image_topics]
+        if not topics or any(not t for t in topics):
+            raise SettingsError("image_topics must list at least one non-empty topic name")
+        if len(set(topics)) != len(topics):
+            raise SettingsError(f"image_topics lists a topic twice: {topics}")
+        if not self.model.strip():
+            raise SettingsError(
+                "model is empty: give a hub id, a checkpoint directory or random:<shape>"
+            )
+        if self.device not in DEVICES:
+            raise SettingsError(f"device {self.device!r}: expected one of {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise SettingsError(f"dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        if not 0.0 <= self.caption_rate_hz <= 1000.0:
+            raise SettingsError(
+                f"caption_rate_hz {self.caption_rate_hz}: expected 0 (no captions) to 1000"
+            )
+        if not self.caption_prompt.strip():
+            raise SettingsError("caption_prompt is empty")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise SettingsError(
+                f"max_new_tokens {self.max_new_tokens}: expected 1 to {MAX_NEW_TOKENS_LIMIT}"
+            )
+        if self.ask_timeout_s <= 0:
+            raise SettingsError(f"ask_timeout_s {self.ask_timeout_s}: expected > 0 seconds")
+        if self.max_pending_questions < 1:
+            raise SettingsError(
+                f"max_pending_questions {self.max_pending_questions}: expected at least 1"
+            )
+        return self
+
+
+DESCRIPTIONS = {
+    "image_topics": "Camera topics; names ending in /compressed are CompressedImage, others Image.",
+    "model": "Hugging Face hub id, local checkpoint directory, or random:<tiny|256m|500m|2b>.",
+    "device": "auto (CUDA if available, else CPU) | cpu | cuda.",
+    "dtype": "auto | float32 | bfloat16 | float16 (auto: bf16 where the hardware has it).",
+    "image_splitting": "Split frames into the reference's tile grid (many more tokens, slower).",
+    "caption_rate_hz": "Captions per second per camera, at most; 0 disables periodic captions.",
+    "caption_prompt": "The instruction sent with each frame to caption.",
+    "max_new_tokens": f"Longest caption or answer, in tokens (1-{MAX_NEW_TOKENS_LIMIT}).",
+    "ask_timeout_s": "How long ~/ask waits for its answer before failing.",
+    "max_pending_questions": "~/ask requests that may wait at once; more are refused.",
+}
+assert set(DESCRIPTIONS) == {f.name for f in fields(NodeSettings)}

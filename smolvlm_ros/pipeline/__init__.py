@@ -1,0 +1,1 @@
+"""Frames in, jobs out: image decoding and latest-wins scheduling, free of ROS."""
