@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import PIL.Image
 
-from smolvlm_ros.engine.backends.base import Backend, TokenCallback
+from smolvlm_ros.engine.backends.base import Backend, StopCheck, TokenCallback
 from smolvlm_ros.engine.types import ANSWER, CAPTION, Frame, Result, Timing
 from smolvlm_ros.models.loading import LoadedModel, load_model
 
@@ -73,9 +73,10 @@ class Engine:
         prompt: str = DEFAULT_CAPTION_PROMPT,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         on_token: TokenCallback | None = None,
+        should_stop: StopCheck | None = None,
     ) -> Result:
         """Describe ``frame`` following ``prompt``."""
-        return self.run(frame, prompt, CAPTION, max_new_tokens, on_token)
+        return self.run(frame, prompt, CAPTION, max_new_tokens, on_token, should_stop)
 
     def ask(
         self,
@@ -83,9 +84,10 @@ class Engine:
         question: str,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         on_token: TokenCallback | None = None,
+        should_stop: StopCheck | None = None,
     ) -> Result:
         """Answer ``question`` about ``frame``."""
-        return self.run(frame, question, ANSWER, max_new_tokens, on_token)
+        return self.run(frame, question, ANSWER, max_new_tokens, on_token, should_stop)
 
     def chat_prompt(self, user_text: str) -> str:
         """The full model prompt (one image, then the user text), from the chat template."""
@@ -110,8 +112,13 @@ class Engine:
         kind: str,
         max_new_tokens: int,
         on_token: TokenCallback | None = None,
+        should_stop: StopCheck | None = None,
     ) -> Result:
-        """Preprocess, encode, generate; every result carries its source and timing."""
+        """Preprocess, encode, generate; every result carries its source and timing.
+
+        ``on_token`` sees each new token id as it is made; ``should_stop`` returning True ends
+        the generation early (the result then holds the tokens made so far).
+        """
         if not user_text.strip():
             raise ValueError("the prompt / question is empty")
         if max_new_tokens < 1:
@@ -129,7 +136,7 @@ class Engine:
         encoded = time.perf_counter()
 
         generation = self.backend.language.generate(
-            input_ids, inputs["attention_mask"], embeddings, max_new_tokens, on_token
+            input_ids, inputs["attention_mask"], embeddings, max_new_tokens, on_token, should_stop
         )
         finished = time.perf_counter()
 

@@ -106,7 +106,9 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedMo
     """Resolve, load and place a SmolVLM checkpoint; errors are :class:`ModelLoadError`."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # progress bars garble node logs
     path = resolve_model_path(spec)
     device = select_device(device)
     dtype = select_dtype(dtype, device)

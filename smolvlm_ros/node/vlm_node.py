@@ -210,10 +210,15 @@ class VlmNode(Node):
             try:
                 frame = job.item if isinstance(job.item, Frame) else job.item.to_frame()
                 if isinstance(job, QuestionJob):
-                    result = self.engine.ask(frame, job.question, job.max_new_tokens)
+                    result = self.engine.ask(
+                        frame, job.question, job.max_new_tokens, should_stop=self._stop.is_set
+                    )
                 else:
                     result = self.engine.caption(
-                        frame, self.settings.caption_prompt, self.settings.max_new_tokens
+                        frame,
+                        self.settings.caption_prompt,
+                        self.settings.max_new_tokens,
+                        should_stop=self._stop.is_set,
                     )
             except Exception as err:  # keep serving: one bad frame must not stop the node
                 self.get_logger().error(
@@ -222,13 +227,17 @@ class VlmNode(Node):
                 if isinstance(job, QuestionJob):
                     job.future.set_exception(err)
                 continue
+            if self._stop.is_set():  # cut short by shutdown: not a real result
+                if isinstance(job, QuestionJob):
+                    job.future.set_exception(RuntimeError("the node is shutting down"))
+                break
             if isinstance(job, CaptionJob):
                 self.caption_pub.publish(to_caption(result))
             else:
                 job.future.set_result(result)
 
     def destroy_node(self) -> None:
-        """Stop the worker (finishing its current inference) before tearing down ROS handles."""
+        """Stop the worker (cutting its generation short) before tearing down ROS handles."""
         if hasattr(self, "_worker"):
             self._stop.set()
             self.scheduler.close()

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 # Called with each new token id as it is produced.
 TokenCallback = Callable[[int], None]
+# Polled between tokens; True ends the generation early (cancel, deadline, shutdown).
+StopCheck = Callable[[], bool]
 
 
 @dataclass
@@ -44,6 +46,7 @@ class LanguageStage(Protocol):
         image_embeddings: Any,
         max_new_tokens: int,
         on_token: TokenCallback | None = None,
+        should_stop: StopCheck | None = None,
     ) -> Generation: ...
 
 

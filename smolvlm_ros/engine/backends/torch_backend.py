@@ -11,10 +11,11 @@ import time
 from typing import Any
 
 import torch
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from smolvlm_ros.engine.backends.base import Generation, TokenCallback
+from smolvlm_ros.engine.backends.base import Generation, StopCheck, TokenCallback
 
 
 class _TokenClock(BaseStreamer):
@@ -40,6 +41,17 @@ class _TokenClock(BaseStreamer):
 
     def end(self) -> None:
         pass
+
+
+class _StopWhen(StoppingCriteria):
+    """Ends generation when the caller's check says so (polled after every token)."""
+
+    def __init__(self, should_stop: StopCheck) -> None:
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        stop = bool(self.should_stop())
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 def _sync(device: str) -> None:
@@ -83,8 +95,10 @@ class TorchLanguage:
         image_embeddings: torch.Tensor,
         max_new_tokens: int,
         on_token: TokenCallback | None = None,
+        should_stop: StopCheck | None = None,
     ) -> Generation:
         clock = _TokenClock(on_token)
+        stopping = StoppingCriteriaList([_StopWhen(should_stop)] if should_stop else [])
         start = time.perf_counter()
         out = self.model.generate(
             input_ids=input_ids.to(self.device),
@@ -95,6 +109,7 @@ class TorchLanguage:
             max_new_tokens=max_new_tokens,
             do_sample=False,
             streamer=clock,
+            stopping_criteria=stopping,
         )
         _sync(self.device)
         end = time.perf_counter()

@@ -1,0 +1,1 @@
+"""Helpers around the package: the demo, sample data, a bag player."""
