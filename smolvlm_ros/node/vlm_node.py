@@ -23,7 +23,12 @@ from sensor_msgs.msg import CompressedImage, Image
 from smolvlm_ros.engine import Engine, EngineConfig, Frame, Result
 from smolvlm_ros.msg import Caption
 from smolvlm_ros.node.messages import stamp_to_ns, to_caption, to_vqa_answer
-from smolvlm_ros.node.settings import DESCRIPTIONS, MAX_NEW_TOKENS_LIMIT, NodeSettings
+from smolvlm_ros.node.settings import (
+    DESCRIPTIONS,
+    MAX_NEW_TOKENS_LIMIT,
+    NodeSettings,
+    SettingsError,
+)
 from smolvlm_ros.pipeline.intake import ImageDecodeError, is_compressed_topic, message_to_rgb
 from smolvlm_ros.pipeline.scheduler import (
     CaptionJob,
@@ -128,9 +133,24 @@ class VlmNode(Node):
                 description=DESCRIPTIONS[field.name],
                 # Not reconfigurable while running (yet): refuse changes rather than ignore them.
                 read_only=True,
+                # `caption_rate_hz: 2` in YAML is an integer; accept it for a float parameter.
+                dynamic_typing=isinstance(default, float),
             )
             value = self.declare_parameter(field.name, default, descriptor).value
+            if isinstance(default, float):
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise SettingsError(f"{field.name} must be a number, got {value!r}")
+                value = float(value)
             values[field.name] = tuple(value) if isinstance(value, list) else value
+        # ROS ignores parameters nobody declares; a typo in a params file must not go unnoticed.
+        unknown = sorted(
+            name
+            for name in self._parameter_overrides
+            if not self.has_parameter(name) and not name.startswith("qos_overrides.")
+        )
+        if unknown:
+            known = ", ".join(f.name for f in fields(NodeSettings))
+            raise SettingsError(f"unknown parameter(s) {', '.join(unknown)}; known: {known}")
         return NodeSettings(**values).validate()
 
     # -- intake ----------------------------------------------------------------------------

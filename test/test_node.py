@@ -1,0 +1,183 @@
+"""vlm_node over real DDS: captions stamped with their source frames, ~/ask, errors, start-up.
+
+The node runs as its own process on random:tiny; this process publishes camera frames and listens
+and calls like any other ROS 2 node would.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sensor_msgs.msg import CompressedImage, Image
+
+from ros_helpers import NodeProcess, RosClient, image_msg, jpeg_msg, wait_for
+from smolvlm_ros.msg import Caption
+from smolvlm_ros.srv import AskQuestion
+
+CAM_RAW = "/front/image_raw"
+CAM_JPEG = "/rear/image_raw/compressed"
+
+
+@pytest.fixture(scope="module")
+def ros():
+    client = RosClient()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def running_node(ros, tmp_path_factory):
+    """One node for the module's tests: two cameras (raw and JPEG), fast captions."""
+    node = NodeProcess(
+        tmp_path_factory.mktemp("node"),
+        {
+            "model": "random:tiny",
+            "device": "cpu",
+            "image_topics": [CAM_RAW, CAM_JPEG],
+            "caption_rate_hz": 5.0,
+            "max_new_tokens": 6,
+        },
+    )
+    ask = ros.node.create_client(AskQuestion, node.topic("ask"))
+    ready = wait_for(lambda: ask.service_is_ready() or node.proc.poll() is not None, 120)
+    assert ready and node.proc.poll() is None, f"node did not come up:\n{node.log}"
+    yield node, ask
+    code = node.stop()
+    assert code == 0, f"node exited with {code} on SIGINT:\n{node.log}"
+
+
+def test_captions_carry_the_source_frame_header(ros, running_node, photos):
+    node, _ = running_node
+    captions: list[Caption] = []
+    sub = ros.node.create_subscription(Caption, node.topic("caption"), captions.append, 10)
+    raw_pub = ros.node.create_publisher(Image, CAM_RAW, 10)
+    jpeg_pub = ros.node.create_publisher(CompressedImage, CAM_JPEG, 10)
+    assert wait_for(lambda: raw_pub.get_subscription_count() > 0, 10)
+    assert wait_for(lambda: jpeg_pub.get_subscription_count() > 0, 10)
+
+    sent: dict[str, set[tuple[int, int, str]]] = {CAM_RAW: set(), CAM_JPEG: set()}
+    names = list(photos)
+    for i in range(40):
+        stamp_ns = 1_000_000_000 * (1000 + i) + 123_456 * i
+        rgb = photos[names[i % len(names)]]
+        raw_pub.publish(image_msg(rgb, stamp_ns, "front_optical", "bgr8"))
+        jpeg_pub.publish(jpeg_msg(rgb, stamp_ns + 1, "rear_optical"))
+        sent[CAM_RAW].add((stamp_ns // 10**9, stamp_ns % 10**9, "front_optical"))
+        sent[CAM_JPEG].add(((stamp_ns + 1) // 10**9, (stamp_ns + 1) % 10**9, "rear_optical"))
+        if i % 5 == 0 and len({c.camera for c in captions}) == 2:
+            break
+        wait_for(lambda: False, 0.1)
+    assert wait_for(lambda: len({c.camera for c in captions}) == 2, 60), node.log
+    ros.node.destroy_subscription(sub)
+
+    for caption in list(captions):
+        assert caption.camera in sent, caption.camera
+        key = (caption.header.stamp.sec, caption.header.stamp.nanosec, caption.header.frame_id)
+        assert key in sent[caption.camera], f"caption header {key} is not a frame sent"
+        assert caption.text
+        assert caption.provenance.model == "random:tiny"
+        assert caption.provenance.backend == "torch"
+        assert caption.provenance.device == "cpu"
+        assert caption.provenance.prompt == "Describe this image in one sentence."
+        assert caption.timing.image_tokens == 16  # tiny: one 128 px image, 16 tokens
+        assert 1 <= caption.timing.generated_tokens <= 6
+        t = caption.timing
+        assert t.total_ms >= t.encode_ms + t.prefill_ms + t.decode_ms > 0
+
+
+def test_ask_answers_about_the_latest_frame(ros, running_node, photos):
+    node, ask = running_node
+    pub = ros.node.create_publisher(Image, CAM_RAW, 10)
+    assert wait_for(lambda: pub.get_subscription_count() > 0, 10)
+    stamp_ns = 7_000_000_000_123
+    frame = image_msg(photos["coffee"], stamp_ns, "front_optical")
+    probe = AskQuestion.Request(question="What is on the table?", camera=CAM_RAW)
+
+    def node_has_the_frame() -> bool:
+        # Camera QoS is best effort: a frame may be lost, as on a robot; send it again.
+        pub.publish(frame)
+        return ros.call(ask, probe).answer.header.stamp.sec == stamp_ns // 10**9
+
+    assert wait_for(node_has_the_frame, 30, 0.2), node.log
+    response = ros.call(ask, AskQuestion.Request(question="What is on the table?"))
+    assert response.success, response.error
+    answer = response.answer
+    assert answer.camera == CAM_RAW  # the default camera is the first of image_topics
+    assert (answer.header.stamp.sec, answer.header.stamp.nanosec) == (7000, 123)
+    assert answer.question == "What is on the table?"
+    assert answer.answer
+    assert answer.provenance.prompt == "What is on the table?"
+
+
+def test_ask_about_a_supplied_image(ros, running_node, photos):
+    _, ask = running_node
+    image = image_msg(photos["rocket"], 42_000_000_005, "supplied_frame")
+    request = AskQuestion.Request(question="Is there a rocket?", image=image, max_new_tokens=3)
+    response = ros.call(ask, request)
+    assert response.success, response.error
+    assert response.answer.camera == ""
+    assert response.answer.header.frame_id == "supplied_frame"
+    assert (response.answer.header.stamp.sec, response.answer.header.stamp.nanosec) == (42, 5)
+    assert 1 <= response.answer.timing.generated_tokens <= 3
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "error_part"),
+    [
+        ({"question": "   "}, "question is empty"),
+        ({"question": "What?", "camera": "/no/such/camera"}, "unknown camera '/no/such/camera'"),
+        ({"question": "What?", "max_new_tokens": 100000}, "max_new_tokens 100000"),
+    ],
+)
+def test_ask_refuses_bad_requests_clearly(ros, running_node, request_fields, error_part):
+    _, ask = running_node
+    response = ros.call(ask, AskQuestion.Request(**request_fields))
+    assert not response.success
+    assert error_part in response.error
+
+
+def test_ask_refuses_an_undecodable_image(ros, running_node):
+    _, ask = running_node
+    bad = Image(height=4, width=4, encoding="rgb8", step=12, data=b"\x00" * 10)
+    response = ros.call(ask, AskQuestion.Request(question="What?", image=bad))
+    assert not response.success
+    assert "the request's image" in response.error and "expected step*height = 48" in response.error
+
+
+def test_ask_before_any_frame_says_so(ros, tmp_path):
+    node = NodeProcess(tmp_path, {"model": "random:tiny", "image_topics": ["/silent/image_raw"]})
+    try:
+        ask = ros.node.create_client(AskQuestion, node.topic("ask"))
+        response = ros.call(ask, AskQuestion.Request(question="Anything there?"), timeout=120)
+        assert not response.success
+        assert response.error == "no image received yet on /silent/image_raw"
+    finally:
+        assert node.stop() == 0, node.log
+
+
+def test_integer_accepted_for_a_float_parameter(ros, tmp_path):
+    """`caption_rate_hz: 0` in YAML is an int; the node must take it, not fail on the type."""
+    node = NodeProcess(tmp_path, {"model": "random:tiny", "caption_rate_hz": 0, "ask_timeout_s": 5})
+    try:
+        ask = ros.node.create_client(AskQuestion, node.topic("ask"))
+        assert ask.wait_for_service(timeout_sec=120), node.log
+    finally:
+        assert node.stop() == 0, node.log
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"caption_rate_hz": -1.0}, "caption_rate_hz -1.0: expected 0 (no captions) to 1000"),
+        ({"image_topics": [""]}, "image_topics must list at least one non-empty topic name"),
+        ({"model": "random:huge"}, "unknown model shape 'huge'"),
+        ({"device": "tpu"}, "device 'tpu': expected one of auto, cpu, cuda"),
+        ({"max_new_tokens": "many"}, "start-up failed"),
+        ({"caption_rate_hz": "fast"}, "caption_rate_hz must be a number, got 'fast'"),
+        ({"caption_rate": 2.0}, "unknown parameter(s) caption_rate; known: image_topics"),
+    ],
+)
+def test_bad_parameters_fail_start_up_clearly(tmp_path, params, message):
+    node = NodeProcess(tmp_path, {"model": "random:tiny", **params})
+    code = node.wait_exit(timeout=120)
+    assert code == 1, node.log
+    assert message in node.log
