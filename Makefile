@@ -20,6 +20,7 @@ setup: $(BUILD_STAMP)
 
 $(DEPS_STAMP): $(wildcard requirements/*.txt)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (the ROS 2 wheels are cp311)"; exit 1; }
+	@command -v cmake >/dev/null || { echo "need cmake and a C/C++ compiler to build the interfaces"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements/dev.txt
 	touch $@
@@ -35,8 +36,9 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
 		|| { tail -40 build.log; echo "interface build failed: see build.log"; exit 1; }
 	touch $@
 
+# MODEL=<hub id | checkpoint dir | random:shape> picks the model (default: cached real one, else random:256m)
 demo: setup
-	$(PY) -m smolvlm_ros.tools.demo
+	$(PY) -m smolvlm_ros.tools.demo $(if $(MODEL),--model $(MODEL))
 
 lint: $(DEPS_STAMP)
 	$(PY) -m ruff check .

@@ -1,0 +1,125 @@
+"""The package as users get it: ROS build products, interfaces, launch, config, pip core."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from smolvlm_ros.node.settings import NodeSettings
+
+REPO = Path(__file__).resolve().parents[1]
+PREFIX = Path(os.environ.get("AMENT_PREFIX_PATH", sys.prefix).split(os.pathsep)[0])
+
+
+def test_interfaces_have_the_documented_fields():
+    from smolvlm_ros.msg import Caption, Provenance, Timing, VqaAnswer
+    from smolvlm_ros.srv import AskQuestion
+
+    assert set(Caption.get_fields_and_field_types()) == {
+        "header", "camera", "text", "provenance", "timing"
+    }  # fmt: skip
+    assert set(VqaAnswer.get_fields_and_field_types()) == {
+        "header", "camera", "question", "answer", "provenance", "timing"
+    }  # fmt: skip
+    assert {"model", "backend", "device", "prompt", "tile_rows", "tile_cols"} <= set(
+        Provenance.get_fields_and_field_types()
+    )
+    assert set(Timing.get_fields_and_field_types()) == {
+        "queue_wait_ms", "preprocess_ms", "encode_ms", "prefill_ms", "decode_ms", "total_ms",
+        "prompt_tokens", "image_tokens", "generated_tokens",
+    }  # fmt: skip
+    assert AskQuestion.Request.get_fields_and_field_types() == {
+        "question": "string",
+        "camera": "string",
+        "image": "sensor_msgs/Image",
+        "max_new_tokens": "uint32",
+    }
+    assert AskQuestion.Response.get_fields_and_field_types() == {
+        "success": "boolean",
+        "error": "string",
+        "answer": "smolvlm_ros/VqaAnswer",
+    }
+
+
+def test_ros_install_layout():
+    """What `colcon build` installs: the ros2 run executable, launch, config, package.xml."""
+    share = PREFIX / "share" / "smolvlm_ros"
+    executable = PREFIX / "lib" / "smolvlm_ros" / "vlm_node"
+    assert executable.is_file() and os.access(executable, os.X_OK)
+    for relative in ("launch/vlm.launch.py", "config/vlm.yaml", "package.xml"):
+        assert (share / relative).is_file(), relative
+    index = PREFIX / "share" / "ament_index" / "resource_index" / "packages" / "smolvlm_ros"
+    assert index.is_file()
+
+
+def test_package_xml():
+    from catkin_pkg.package import parse_package
+
+    package = parse_package(REPO / "package.xml")
+    assert package.name == "smolvlm_ros"
+    assert package.get_build_type() == "ament_cmake"
+    depends = {d.name for d in package.build_depends + package.exec_depends}
+    assert {"rclpy", "std_msgs", "sensor_msgs", "rosidl_default_runtime"} <= depends
+    assert "rosidl_interface_packages" in {g.name for g in package.member_of_groups}
+
+
+def test_default_config_lists_every_parameter_and_is_valid():
+    config = yaml.safe_load((REPO / "config" / "vlm.yaml").read_text())
+    params = config["/**"]["ros__parameters"]
+    assert set(params) == {f.name for f in fields(NodeSettings)}
+    params["image_topics"] = tuple(params["image_topics"])
+    assert NodeSettings(**params).validate() == NodeSettings()  # the file states the defaults
+
+
+def test_launch_file_declares_its_arguments():
+    """`launch` is not installable here: check the file's structure without running it."""
+    source = (REPO / "launch" / "vlm.launch.py").read_text()
+    tree = ast.parse(source)
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert "generate_launch_description" in functions
+    arguments = next(
+        n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "ARGUMENTS"
+    )
+    names = {key.value for key in arguments.keys}
+    assert names == {"params_file", "namespace", "model", "device", "image_topic", "use_sim_time"}
+    assert 'executable="vlm_node"' in source and 'package="smolvlm_ros"' in source
+
+
+def test_core_imports_without_ros():
+    """Everything but smolvlm_ros.node must work where rclpy does not exist."""
+    code = (
+        "import sys; sys.modules['rclpy'] = None\n"
+        "import smolvlm_ros.engine, smolvlm_ros.models, smolvlm_ros.pipeline.scheduler\n"
+        "import smolvlm_ros.pipeline.intake, smolvlm_ros.tools.sample_bag\n"
+        "assert not any(m.startswith('rclpy') and sys.modules[m] for m in sys.modules)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_pip_wheel_holds_the_core(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("smolvlm_ros-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in ("engine/engine.py", "models/loading.py", "pipeline/scheduler.py"):
+        assert f"smolvlm_ros/{module}" in names
+    assert not any(name.startswith("smolvlm_ros/msg/") for name in names)
+    metadata = next(n for n in names if n.endswith("METADATA"))
+    requires = zipfile.ZipFile(wheel).read(metadata).decode()
+    assert "Requires-Dist: transformers" in requires
+    assert "torch==" not in requires  # a user's own (CUDA) torch must be kept
