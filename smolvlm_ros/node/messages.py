@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from builtin_interfaces.msg import Time
 from std_msgs.msg import Header
 
@@ -25,31 +27,14 @@ def _header(result: Result) -> Header:
 
 
 def _provenance(result: Result) -> Provenance:
-    return Provenance(
-        model=result.model,
-        backend=result.backend,
-        device=result.device,
-        dtype=result.dtype,
-        prompt=result.prompt,
-        tile_rows=result.tile_rows,
-        tile_cols=result.tile_cols,
-        num_images=result.num_images,
-    )
+    # Provenance's fields are named as the Result fields they carry.
+    names = Provenance.get_fields_and_field_types()
+    return Provenance(**{name: getattr(result, name) for name in names})
 
 
 def _timing(result: Result) -> Timing:
-    t = result.timing
-    return Timing(
-        queue_wait_ms=t.queue_wait_ms,
-        preprocess_ms=t.preprocess_ms,
-        encode_ms=t.encode_ms,
-        prefill_ms=t.prefill_ms,
-        decode_ms=t.decode_ms,
-        total_ms=t.total_ms,
-        prompt_tokens=t.prompt_tokens,
-        image_tokens=t.image_tokens,
-        generated_tokens=t.generated_tokens,
-    )
+    # Timing.msg mirrors the core Timing dataclass field for field.
+    return Timing(**asdict(result.timing))
 
 
 def to_caption(result: Result) -> Caption:
