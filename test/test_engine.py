@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
+import PIL.Image
 import pytest
 
-from smolvlm_ros.engine import ANSWER, CAPTION, Frame
+from smolvlm_ros.engine import ANSWER, CAPTION, Frame, TilingConfig
 
 
 def reference_tokens(engine, frame: Frame, prompt: str, max_new_tokens: int) -> list[int]:
-    """What plain ``model.generate()`` produces for the same processor inputs."""
-    inputs = engine.preprocess(frame, prompt)
+    """What the checkpoint's processor + plain ``model.generate()`` make with the same settings."""
+    plan = engine.plan(frame)
+    inputs = engine.processor(
+        text=engine.chat_prompt(prompt),
+        images=[[PIL.Image.fromarray(frame.image)]],
+        size={"longest_edge": plan.longest_edge},
+        do_image_splitting=plan.splitting,
+        return_tensors="pt",
+    )
     out = engine.loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return out[0, inputs["input_ids"].shape[1] :].tolist()
 
@@ -18,7 +26,7 @@ def reference_tokens(engine, frame: Frame, prompt: str, max_new_tokens: int) -> 
 @pytest.mark.parametrize("splitting", [False, True])
 @pytest.mark.parametrize("name", ["astronaut", "rocket"])
 def test_generation_equals_transformers_generate(tiny_engine, photos, name, splitting):
-    tiny_engine.image_splitting = splitting
+    tiny_engine.tiling = TilingConfig(image_splitting=splitting)
     try:
         frame = Frame(photos[name], camera="/cam", stamp_ns=1, frame_id="f")
         result = tiny_engine.caption(frame, "Describe this image.", max_new_tokens=12)
@@ -28,7 +36,7 @@ def test_generation_equals_transformers_generate(tiny_engine, photos, name, spli
             == tiny_engine.processor.decode(result.token_ids, skip_special_tokens=True).strip()
         )
     finally:
-        tiny_engine.image_splitting = False
+        tiny_engine.tiling = TilingConfig()
 
 
 def test_tile_grid_and_image_tokens(tiny_engine, photos):
@@ -37,11 +45,11 @@ def test_tile_grid_and_image_tokens(tiny_engine, photos):
     assert (single.tile_rows, single.tile_cols, single.num_images) == (0, 0, 1)
     assert single.timing.image_tokens == 16
 
-    tiny_engine.image_splitting = True
+    tiny_engine.tiling = TilingConfig(image_splitting=True)
     try:
         split = tiny_engine.caption(frame, max_new_tokens=1)
     finally:
-        tiny_engine.image_splitting = False
+        tiny_engine.tiling = TilingConfig()
     # tiny: longest edge 512 -> 512x384 -> 3 rows x 4 cols of 128 px tiles + 1 global image
     assert (split.tile_rows, split.tile_cols, split.num_images) == (3, 4, 13)
     assert split.timing.image_tokens == 13 * 16

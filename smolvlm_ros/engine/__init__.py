@@ -1,11 +1,16 @@
 """The model work, free of ROS: frames and prompts in, results with timing and provenance out."""
 
+from smolvlm_ros.engine.backends.base import Sampling
 from smolvlm_ros.engine.engine import (
     DEFAULT_CAPTION_PROMPT,
     DEFAULT_MAX_NEW_TOKENS,
+    DeadlineExceeded,
     Engine,
     EngineConfig,
+    Limits,
+    TokenBudgetError,
 )
+from smolvlm_ros.engine.tiling import TilePlan, TilingConfig, TilingError
 from smolvlm_ros.engine.types import ANSWER, CAPTION, Frame, Result, Timing
 
 __all__ = [
@@ -13,9 +18,16 @@ __all__ = [
     "CAPTION",
     "DEFAULT_CAPTION_PROMPT",
     "DEFAULT_MAX_NEW_TOKENS",
+    "DeadlineExceeded",
     "Engine",
     "EngineConfig",
     "Frame",
+    "Limits",
     "Result",
+    "Sampling",
+    "TilePlan",
+    "TilingConfig",
+    "TilingError",
     "Timing",
+    "TokenBudgetError",
 ]

@@ -1,179 +1,450 @@
 """The one engine every front end (node, replay, benchmark) calls for model work.
 
-It owns what is the same whatever the hardware: the chat prompt, preprocessing and tiling
-(through the checkpoint's own Idefics3Processor, so pixel values and image-token layout are the
-reference's), the timing split and the provenance of each result. The two model stages run on a
-:class:`~smolvlm_ros.engine.backends.base.Backend`.
+It owns what is the same whatever the hardware: tiling plans, preprocessing (the checkpoint's
+own image processor), the prompt and its image-token layout (the reference processor's, checked
+token for token by the parity tests), the embedding cache, batching, bounds (max_new_tokens,
+deadline, cancel), the timing split and the provenance of each result. The two model stages run
+on a :class:`~smolvlm_ros.engine.backends.base.Backend`.
+
+Not thread-safe: one worker drives an engine.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import PIL.Image
+import torch
 
-from smolvlm_ros.engine.backends.base import Backend, StopCheck, TokenCallback
-from smolvlm_ros.engine.types import ANSWER, CAPTION, Frame, Result, Timing
+from smolvlm_ros.engine.backends.base import (
+    Backend,
+    Generation,
+    GenerationRequest,
+    Sampling,
+    StopCheck,
+    TokenCallback,
+)
+from smolvlm_ros.engine.cache import EmbeddingCache, frame_key
+from smolvlm_ros.engine.tiling import ModelGeometry, TilePlan, TilingConfig, plan_tiles
+from smolvlm_ros.engine.types import (
+    ANSWER,
+    CAPTION,
+    FINISH_CANCELLED,
+    FINISH_DEADLINE,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Frame,
+    Result,
+    Timing,
+)
 from smolvlm_ros.models.loading import LoadedModel, load_model
 
 DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
 DEFAULT_MAX_NEW_TOKENS = 32
-_ROW_COL = re.compile(r"<row_(\d+)_col_(\d+)>")
+BACKENDS = ("torch",)
+
+
+class TokenBudgetError(ValueError):
+    """The request would not fit the model's context; nothing was run."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """The request's deadline passed before any token was generated."""
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How to build an engine: which model, where, and how to tile frames."""
+    """How to build an engine: which model, where, and how to tile and decode."""
 
     model: str
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     backend: str = "torch"
-    # Off: one global image per frame (64 image tokens for 256M), what a robot usually wants.
-    # On: the reference's grid of tiles plus a global image (many more tokens, much slower).
-    image_splitting: bool = False
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    sampling: Sampling = field(default_factory=Sampling)
+    embedding_cache_size: int = 8  # frames whose image embeddings are kept; 0: off
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds and hooks of one request."""
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    min_new_tokens: int = 0  # benchmarks: exactly max_new_tokens whatever the model says
+    deadline: float | None = None  # time.monotonic() after which generation stops
+    should_stop: StopCheck | None = None  # True: cancel (generation ends after this token)
+    on_token: TokenCallback | None = None  # each new token id, as it is made
+
+    def validate(self) -> Limits:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(
+                f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}"
+            )
+        return self
+
+
+@dataclass
+class _Encoded:
+    """A frame through the vision stage (or found in the cache)."""
+
+    frame: Frame
+    plan: TilePlan
+    embeddings: torch.Tensor
+    preprocess_s: float
+    encode_s: float
+    reused: bool
+
+
+class _StopWatch:
+    """The request's stop check, remembering why it stopped."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.reason: str | None = None
+
+    def __call__(self) -> bool:
+        if self.limits.should_stop is not None and self.limits.should_stop():
+            self.reason = FINISH_CANCELLED
+        elif self.limits.deadline is not None and time.monotonic() > self.limits.deadline:
+            self.reason = FINISH_DEADLINE
+        return self.reason is not None
+
+    def check_before_start(self) -> None:
+        if self.limits.deadline is not None and time.monotonic() > self.limits.deadline:
+            raise DeadlineExceeded("the request's deadline passed before generation started")
 
 
 def _ms(seconds: float) -> float:
     return seconds * 1000.0
 
 
+def _queue_wait(frames: Sequence[Frame]) -> float:
+    """Seconds the longest-waiting frame spent between arrival and now (the request's start)."""
+    now = time.monotonic()
+    return max((now - f.received_at for f in frames if f.received_at is not None), default=0.0)
+
+
 class Engine:
     """Captions and answers for frames, with timing and provenance."""
 
     def __init__(
-        self, loaded: LoadedModel, backend: Backend, image_splitting: bool = False
+        self,
+        loaded: LoadedModel,
+        backend: Backend,
+        tiling: TilingConfig | None = None,
+        sampling: Sampling | None = None,
+        embedding_cache_size: int = 8,
     ) -> None:
         self.loaded = loaded
         self.backend = backend
-        self.image_splitting = image_splitting
+        self.tiling = (tiling or TilingConfig()).validate()
+        self.sampling = (sampling or Sampling()).validate()
         self.processor = loaded.processor
+        self.tokenizer = loaded.processor.tokenizer
+        self.geometry = ModelGeometry.from_processor(self.processor)
         self.image_token_id = loaded.model.config.image_token_id
+        self.max_positions = loaded.model.config.text_config.max_position_embeddings
+        self.cache = EmbeddingCache(embedding_cache_size)
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> Engine:
         """Load the model and put it on the configured backend."""
-        if config.backend != "torch":
-            raise ValueError(f"backend {config.backend!r}: expected one of torch")
+        if config.backend not in BACKENDS:
+            raise ValueError(f"backend {config.backend!r}: expected one of {', '.join(BACKENDS)}")
         from smolvlm_ros.engine.backends.torch_backend import TorchBackend
 
         loaded = load_model(config.model, device=config.device, dtype=config.dtype)
         backend = TorchBackend(loaded.model, loaded.device, loaded.dtype)
-        return cls(loaded, backend, image_splitting=config.image_splitting)
+        return cls(loaded, backend, config.tiling, config.sampling, config.embedding_cache_size)
 
     @property
     def is_random(self) -> bool:
         return self.loaded.is_random
 
-    def caption(
-        self,
-        frame: Frame,
-        prompt: str = DEFAULT_CAPTION_PROMPT,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        on_token: TokenCallback | None = None,
-        should_stop: StopCheck | None = None,
-    ) -> Result:
-        """Describe ``frame`` following ``prompt``."""
-        return self.run(frame, prompt, CAPTION, max_new_tokens, on_token, should_stop)
+    # -- tasks ---------------------------------------------------------------------------------
 
-    def ask(
-        self,
-        frame: Frame,
-        question: str,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        on_token: TokenCallback | None = None,
-        should_stop: StopCheck | None = None,
-    ) -> Result:
+    def caption(self, frame: Frame, prompt: str = DEFAULT_CAPTION_PROMPT, **limits) -> Result:
+        """Describe ``frame`` following ``prompt``. Keyword arguments are :class:`Limits`."""
+        return self.describe_frames([frame], prompt, CAPTION, **limits)
+
+    def ask(self, frame: Frame, question: str, **limits) -> Result:
         """Answer ``question`` about ``frame``."""
-        return self.run(frame, question, ANSWER, max_new_tokens, on_token, should_stop)
+        return self.describe_frames([frame], question, ANSWER, **limits)
 
-    def chat_prompt(self, user_text: str) -> str:
-        """The full model prompt (one image, then the user text), from the chat template."""
-        messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}
+    def describe_frames(
+        self, frames: Sequence[Frame], user_text: str, kind: str = CAPTION, **limits
+    ) -> Result:
+        """One answer about several frames (e.g. cameras) together, all in one prompt."""
+        started, queue_wait_s = time.perf_counter(), _queue_wait(frames)
+        lim = Limits(**limits).validate()
+        self._check_text(user_text)
+        encoded = self._encode(frames, lim)
+        t0 = time.perf_counter()
+        ids = self.prompt_ids(user_text, [e.plan for e in encoded])
+        tokenize_s = time.perf_counter() - t0
+        embeddings = torch.cat([e.embeddings for e in encoded])
+        watch = _StopWatch(lim)
+        (generation,) = self._generate([ids], embeddings, lim, watch)
+        return self._result(
+            kind, user_text, encoded, ids, generation, lim, watch, started, queue_wait_s, tokenize_s
+        )
+
+    def ask_many(self, frame: Frame, questions: Sequence[str], **limits) -> list[Result]:
+        """Several questions about one frame: one vision pass, and the shared prompt prefix
+        (the image tokens) run through the decoder once; answers equal separate asks."""
+        if not questions:
+            return []
+        started, queue_wait_s = time.perf_counter(), _queue_wait([frame])
+        lim = Limits(**limits).validate()
+        for question in questions:
+            self._check_text(question)
+        (encoded,) = self._encode([frame], lim)
+        if len(questions) == 1:
+            return [self.ask(frame, questions[0], **limits)]
+        t0 = time.perf_counter()
+        ids = [self.prompt_ids(q, [encoded.plan]) for q in questions]
+        tokenize_s = time.perf_counter() - t0
+        prefix_len = self._shared_prefix(ids)
+        t0 = time.perf_counter()
+        prefix = self.backend.language.prefill(ids[0][:prefix_len][None], encoded.embeddings)
+        prefix_s = time.perf_counter() - t0
+        results = []
+        for index, (question, prompt_ids) in enumerate(zip(questions, ids, strict=True)):
+            watch = _StopWatch(lim)
+            (generation,) = self._generate([prompt_ids], None, lim, watch, prefix=prefix)
+            if index == 0:  # the shared work is the first answer's
+                generation.prefill_s += prefix_s
+            else:
+                encoded = _Encoded(frame, encoded.plan, encoded.embeddings, 0.0, 0.0, True)
+            results.append(
+                self._result(
+                    ANSWER, question, [encoded], prompt_ids, generation, lim, watch, started,
+                    queue_wait_s, tokenize_s / len(questions),
+                )
+            )  # fmt: skip
+            started, queue_wait_s = time.perf_counter(), 0.0  # the next answer's own share
+        return results
+
+    def caption_batch(
+        self, frames: Sequence[Frame], prompt: str = DEFAULT_CAPTION_PROMPT, **limits
+    ) -> list[Result]:
+        """One caption per frame, the frames batched through both stages (results equal
+        separate captions). Stage times in each result are the whole batch's."""
+        started, queue_wait_s = time.perf_counter(), _queue_wait(frames)
+        lim = Limits(**limits).validate()
+        if lim.on_token is not None:
+            raise ValueError("on_token streams single requests; it cannot follow a batch")
+        self._check_text(prompt)
+        encoded = self._encode(frames, lim)
+        t0 = time.perf_counter()
+        ids = [self.prompt_ids(prompt, [e.plan]) for e in encoded]
+        tokenize_s = time.perf_counter() - t0
+        embeddings = torch.cat([e.embeddings for e in encoded])
+        watch = _StopWatch(lim)
+        generations = self._generate(ids, embeddings, lim, watch)
+        return [
+            self._result(
+                CAPTION, prompt, [e], i, g, lim, watch, started, queue_wait_s, tokenize_s / len(ids)
+            )
+            for e, i, g in zip(encoded, ids, generations, strict=True)
         ]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
-    def preprocess(self, frame: Frame, user_text: str) -> dict:
-        """Token ids and pixel tensors for one frame and prompt, made by the reference processor."""
-        return self.processor(
-            text=self.chat_prompt(user_text),
+    def clear_cache(self) -> None:
+        self.cache.clear()
+
+    # -- stages --------------------------------------------------------------------------------
+
+    def plan(self, frame: Frame) -> TilePlan:
+        """How ``frame`` will be tiled under this engine's settings."""
+        height, width = frame.image.shape[:2]
+        return plan_tiles(height, width, self.tiling, self.geometry)
+
+    def preprocess_image(self, frame: Frame, plan: TilePlan) -> dict:
+        """Pixel values and masks of one frame, from the checkpoint's own image processor."""
+        return self.processor.image_processor(
             images=[[PIL.Image.fromarray(frame.image)]],
-            do_image_splitting=self.image_splitting,
+            size={"longest_edge": plan.longest_edge},
+            do_image_splitting=plan.splitting,
             return_tensors="pt",
         )
 
-    def run(
-        self,
-        frame: Frame,
-        user_text: str,
-        kind: str,
-        max_new_tokens: int,
-        on_token: TokenCallback | None = None,
-        should_stop: StopCheck | None = None,
-    ) -> Result:
-        """Preprocess, encode, generate; every result carries its source and timing.
+    def _encode(self, frames: Sequence[Frame], limits: Limits) -> list[_Encoded]:
+        """Image embeddings per frame: cached ones reused, the rest in ONE vision pass."""
+        if not frames:
+            raise ValueError("a request needs at least one frame")
+        encoded: list[_Encoded | None] = []
+        pending = []  # (index, plan, key, pixels, preprocess seconds)
+        for frame in frames:
+            t0 = time.perf_counter()
+            plan = self.plan(frame)
+            key = frame_key(frame.image, plan)
+            cached = self.cache.get(key)
+            if cached is not None:
+                encoded.append(_Encoded(frame, plan, cached, time.perf_counter() - t0, 0.0, True))
+                continue
+            pixels = self.preprocess_image(frame, plan)
+            pending.append((len(encoded), plan, key, pixels, time.perf_counter() - t0))
+            encoded.append(None)
+        if pending:
+            _StopWatch(limits).check_before_start()
+            t0 = time.perf_counter()
+            embeddings = self.backend.vision.encode(
+                torch.cat([p[3]["pixel_values"][0] for p in pending]),
+                torch.cat([p[3]["pixel_attention_mask"][0] for p in pending]),
+            )
+            encode_s = time.perf_counter() - t0
+            sizes = [p[1].num_images * self.geometry.tokens_per_tile for p in pending]
+            if sum(sizes) != embeddings.shape[0]:
+                raise RuntimeError(
+                    f"vision stage returned {embeddings.shape[0]} embeddings for {sum(sizes)} "
+                    "image tokens: backend and checkpoint disagree on the tokens per tile"
+                )
+            for (index, plan, key, _, prep_s), chunk in zip(
+                pending, embeddings.split(sizes), strict=True
+            ):
+                self.cache.put(key, chunk)
+                encoded[index] = _Encoded(frames[index], plan, chunk, prep_s, encode_s, False)
+        return encoded  # type: ignore[return-value]
 
-        ``on_token`` sees each new token id as it is made; ``should_stop`` returning True ends
-        the generation early (the result then holds the tokens made so far).
-        """
+    def image_prompt(self, plan: TilePlan) -> str:
+        """The text one image becomes in the prompt: the reference processor's layout."""
+        p = self.processor
+        image = p.image_token * p.image_seq_len
+        global_image = f"{p.fake_image_token}{p.global_image_tag}{image}{p.fake_image_token}"
+        if not plan.rows:
+            return global_image
+        grid = ""
+        for row in range(1, plan.rows + 1):
+            for col in range(1, plan.cols + 1):
+                grid += f"{p.fake_image_token}<row_{row}_col_{col}>{image}"
+            grid += "\n"
+        return f"{grid}\n{global_image}"
+
+    def chat_prompt(self, user_text: str, num_images: int = 1) -> str:
+        """The model prompt with ``num_images`` image placeholders, from the chat template."""
+        content = [{"type": "image"}] * num_images + [{"type": "text", "text": user_text}]
+        messages = [{"role": "user", "content": content}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def prompt_ids(self, user_text: str, plans: Sequence[TilePlan]) -> torch.Tensor:
+        """Token ids of the full prompt for frames tiled as ``plans``, then ``user_text``."""
+        parts = self.chat_prompt(user_text, len(plans)).split(self.processor.image_token)
+        text = parts[0] + "".join(
+            self.image_prompt(plan) + after for plan, after in zip(plans, parts[1:], strict=True)
+        )
+        return self.tokenizer(text, return_tensors="pt")["input_ids"][0]
+
+    def _check_text(self, user_text: str) -> None:
         if not user_text.strip():
             raise ValueError("the prompt / question is empty")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        started = time.perf_counter()
-        queue_wait_s = time.monotonic() - frame.received_at if frame.received_at else 0.0
+        if self.processor.image_token in user_text:
+            raise ValueError(f"the prompt must not contain {self.processor.image_token!r}")
 
-        inputs = self.preprocess(frame, user_text)
-        input_ids = inputs["input_ids"]
-        preprocessed = time.perf_counter()
+    def _shared_prefix(self, ids: list[torch.Tensor]) -> int:
+        """Tokens all prompts share; at least every image token, so the rest is plain text."""
+        shortest = min(len(i) for i in ids)
+        length = 0
+        while length < shortest - 1 and all(i[length] == ids[0][length] for i in ids):
+            length += 1
+        last_image = int((ids[0] == self.image_token_id).nonzero().max()) + 1
+        if length < last_image:
+            raise RuntimeError("prompts differ inside the image tokens: cannot share a prefix")
+        return length
 
-        embeddings = self.backend.vision.encode(
-            inputs["pixel_values"], inputs["pixel_attention_mask"]
+    def _generate(
+        self,
+        ids: list[torch.Tensor],
+        embeddings: torch.Tensor | None,
+        limits: Limits,
+        watch: _StopWatch,
+        prefix=None,
+    ) -> list[Generation]:
+        longest = max(len(i) for i in ids)
+        if longest + limits.max_new_tokens > self.max_positions:
+            raise TokenBudgetError(
+                f"prompt of {longest} tokens + max_new_tokens {limits.max_new_tokens} exceeds "
+                f"the model's context of {self.max_positions} tokens: lower max_new_tokens or "
+                "the tiling (image_splitting, max_tiles, max_image_tokens)"
+            )
+        watch.check_before_start()
+        input_ids = torch.full((len(ids), longest), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        for row, prompt in enumerate(ids):  # left padding: every prompt ends where decoding starts
+            input_ids[row, longest - len(prompt) :] = prompt
+            attention_mask[row, longest - len(prompt) :] = 1
+        return self.backend.language.generate(
+            GenerationRequest(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                image_embeddings=embeddings,
+                max_new_tokens=limits.max_new_tokens,
+                min_new_tokens=limits.min_new_tokens,
+                sampling=self.sampling,
+                on_token=limits.on_token,
+                should_stop=watch,
+                prefix=prefix,
+            )
         )
-        encoded = time.perf_counter()
 
-        generation = self.backend.language.generate(
-            input_ids, inputs["attention_mask"], embeddings, max_new_tokens, on_token, should_stop
-        )
-        finished = time.perf_counter()
+    def _finish_reason(self, generation: Generation, limits: Limits, watch: _StopWatch) -> str:
+        tokens = generation.token_ids
+        if tokens and tokens[-1] in self.backend.language.eos_ids:
+            return FINISH_STOP
+        if watch.reason is not None and len(tokens) < limits.max_new_tokens:
+            return watch.reason
+        return FINISH_LENGTH
 
-        text = self.processor.decode(generation.token_ids, skip_special_tokens=True).strip()
-        rows, cols = self._tile_grid(input_ids[0].tolist())
+    def _result(
+        self,
+        kind: str,
+        user_text: str,
+        encoded: Sequence[_Encoded],
+        ids: torch.Tensor,
+        generation: Generation,
+        limits: Limits,
+        watch: _StopWatch,
+        started: float,
+        queue_wait_s: float,
+        tokenize_s: float,
+    ) -> Result:
+        frames = [e.frame for e in encoded]
+        newest = max(frames, key=lambda f: f.stamp_ns)
+        elapsed = time.perf_counter() - started
+        first = encoded[0]
         timing = Timing(
             queue_wait_ms=_ms(queue_wait_s),
-            preprocess_ms=_ms(preprocessed - started),
-            encode_ms=_ms(encoded - preprocessed),
+            preprocess_ms=_ms(sum(e.preprocess_s for e in encoded) + tokenize_s),
+            encode_ms=_ms(max(e.encode_s for e in encoded)),
             prefill_ms=_ms(generation.prefill_s),
             decode_ms=_ms(generation.decode_s),
-            total_ms=_ms(queue_wait_s + finished - started),
-            prompt_tokens=int(input_ids.shape[1]),
-            image_tokens=int((input_ids == self.image_token_id).sum()),
+            total_ms=_ms(queue_wait_s + elapsed),
+            prompt_tokens=len(ids),
+            image_tokens=int((ids == self.image_token_id).sum()),
             generated_tokens=len(generation.token_ids),
         )
         return Result(
             kind=kind,
-            text=text,
+            text=self.tokenizer.decode(generation.token_ids, skip_special_tokens=True).strip(),
             prompt=user_text,
-            camera=frame.camera,
-            stamp_ns=frame.stamp_ns,
-            frame_id=frame.frame_id,
+            camera=",".join(f.camera for f in frames),
+            stamp_ns=newest.stamp_ns,
+            frame_id=newest.frame_id,
             model=self.loaded.spec,
             backend=self.backend.name,
             device=self.backend.device,
             dtype=self.backend.dtype,
-            tile_rows=rows,
-            tile_cols=cols,
-            num_images=int(inputs["pixel_values"].shape[1]),
+            tile_rows=first.plan.rows,
+            tile_cols=first.plan.cols,
+            num_images=sum(e.plan.num_images for e in encoded),
             timing=timing,
             token_ids=generation.token_ids,
+            finish_reason=self._finish_reason(generation, limits, watch),
+            tiling_note="; ".join(e.plan.note for e in encoded if e.plan.note),
+            reused_encoding=all(e.reused for e in encoded),
         )
-
-    def _tile_grid(self, input_ids: list[int]) -> tuple[int, int]:
-        """Rows and columns of the tile grid, from the ``<row_r_col_c>`` markers (0, 0: none)."""
-        markers = _ROW_COL.findall(self.processor.tokenizer.decode(input_ids))
-        if not markers:
-            return 0, 0
-        return max(int(r) for r, _ in markers), max(int(c) for _, c in markers)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 CAPTION = "caption"
 ANSWER = "answer"
+
+# Why a generation ended.
+FINISH_STOP = "stop"  # the model ended its answer
+FINISH_LENGTH = "length"  # max_new_tokens reached
+FINISH_DEADLINE = "deadline"  # the request's deadline passed
+FINISH_CANCELLED = "cancelled"  # the caller cancelled (or the node is shutting down)
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,16 @@ class Frame:
         if img.shape[0] < 1 or img.shape[1] < 1:
             raise ValueError(f"frame image is empty: {img.shape}")
 
+    def crop(self, x: int, y: int, width: int, height: int) -> Frame:
+        """The region of interest [x, x+width) x [y, y+height), same source; must lie inside."""
+        h, w = self.image.shape[:2]
+        if width < 1 or height < 1 or x < 0 or y < 0 or x + width > w or y + height > h:
+            raise ValueError(
+                f"region of interest x={x} y={y} width={width} height={height} "
+                f"is not inside the {w}x{h} frame"
+            )
+        return replace(self, image=np.ascontiguousarray(self.image[y : y + height, x : x + width]))
+
 
 @dataclass
 class Timing:
@@ -47,7 +63,11 @@ class Timing:
 
 @dataclass
 class Result:
-    """One caption or answer with full provenance; every front end formats this one type."""
+    """One caption or answer with full provenance; every front end formats this one type.
+
+    For a request over several frames, ``camera`` lists their cameras joined by "," and the
+    stamp and frame_id are the newest frame's.
+    """
 
     kind: str  # CAPTION or ANSWER
     text: str
@@ -64,3 +84,6 @@ class Result:
     num_images: int
     timing: Timing = field(default_factory=Timing)
     token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = FINISH_STOP
+    tiling_note: str = ""  # why the tiling is smaller than configured, if it is
+    reused_encoding: bool = False  # the frame's image embeddings came from the cache

@@ -20,7 +20,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 
-from smolvlm_ros.engine import Engine, EngineConfig, Frame, Result
+from smolvlm_ros.engine import Engine, EngineConfig, Frame, Result, TilingConfig
 from smolvlm_ros.msg import Caption
 from smolvlm_ros.node.messages import stamp_to_ns, to_caption, to_vqa_answer
 from smolvlm_ros.node.settings import (
@@ -71,7 +71,10 @@ class VlmNode(Node):
         self.get_logger().info(f"loading model {s.model!r} (device={s.device}, dtype={s.dtype})")
         self.engine = Engine.from_config(
             EngineConfig(
-                model=s.model, device=s.device, dtype=s.dtype, image_splitting=s.image_splitting
+                model=s.model,
+                device=s.device,
+                dtype=s.dtype,
+                tiling=TilingConfig(image_splitting=s.image_splitting),
             )
         )
         if self.engine.is_random:
@@ -231,13 +234,16 @@ class VlmNode(Node):
                 frame = job.item if isinstance(job.item, Frame) else job.item.to_frame()
                 if isinstance(job, QuestionJob):
                     result = self.engine.ask(
-                        frame, job.question, job.max_new_tokens, should_stop=self._stop.is_set
+                        frame,
+                        job.question,
+                        max_new_tokens=job.max_new_tokens,
+                        should_stop=self._stop.is_set,
                     )
                 else:
                     result = self.engine.caption(
                         frame,
                         self.settings.caption_prompt,
-                        self.settings.max_new_tokens,
+                        max_new_tokens=self.settings.max_new_tokens,
                         should_stop=self._stop.is_set,
                     )
             except Exception as err:  # keep serving: one bad frame must not stop the node

@@ -1,7 +1,12 @@
 """Backends: where each model stage runs. See :mod:`smolvlm_ros.engine.backends.base`."""
 
-from smolvlm_ros.engine.backends.base import Backend, Generation, LanguageStage, VisionStage
+from smolvlm_ros.engine.backends.base import (
+    Backend,
+    Generation,
+    GenerationRequest,
+    LanguageStage,
+    Sampling,
+    VisionStage,
+)
 
-BACKENDS = ("torch",)
-
-__all__ = ["BACKENDS", "Backend", "Generation", "LanguageStage", "VisionStage"]
+__all__ = ["Backend", "Generation", "GenerationRequest", "LanguageStage", "Sampling", "VisionStage"]

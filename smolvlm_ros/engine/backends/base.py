@@ -1,10 +1,13 @@
 """The seam between the engine and the hardware that runs the model.
 
 A SmolVLM request is two stages: the vision stage turns preprocessed tiles into image embeddings
-(SigLIP encoder + pixel-shuffle connector) and the language stage turns the prompt ids plus
-those embeddings into new tokens (SmolLM2 decoder). Backends implement the two stages; the
-engine owns prompts, tiling and timing and never knows which backend runs a stage, so a stage can
-live on a different device (e.g. vision on a Rockchip NPU, language on the CPU).
+(SigLIP encoder + pixel-shuffle connector) and the language stage turns prompt ids plus those
+embeddings into new tokens (SmolLM2 decoder). Backends implement the two stages; the engine owns
+prompts, tiling, caching, batching and timing and never knows which backend runs a stage, so a
+stage can live on different hardware (e.g. vision on a Rockchip NPU, language on the CPU).
+
+Tensors crossing the seam are torch tensors on the CPU or on the stage's device; a stage moves
+what it receives to where it runs.
 """
 
 from __future__ import annotations
@@ -13,15 +16,50 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-# Called with each new token id as it is produced.
+# Called with each new token id as it is produced (single-sequence generations only).
 TokenCallback = Callable[[int], None]
 # Polled between tokens; True ends the generation early (cancel, deadline, shutdown).
 StopCheck = Callable[[], bool]
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding strategy. Greedy by default: the same frame and prompt give the same text."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    seed: int | None = None  # with do_sample: seeds each request, for reproducible sampling
+
+    def validate(self) -> Sampling:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0: off), got {self.top_k}")
+        return self
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What the language stage is asked to do for a batch of prompts."""
+
+    input_ids: Any  # [batch, length] int64, left-padded for batch > 1
+    attention_mask: Any  # [batch, length]
+    image_embeddings: Any | None  # [image tokens of the whole batch, hidden]; None with a prefix
+    max_new_tokens: int
+    min_new_tokens: int = 0  # benchmarks: force exactly max_new_tokens
+    sampling: Sampling = Sampling()
+    on_token: TokenCallback | None = None
+    should_stop: StopCheck | None = None
+    prefix: Any | None = None  # a cached prefix from prefill(); covers the first prefix tokens
+
+
 @dataclass
 class Generation:
-    """What the language stage produced, with its own time split."""
+    """What the language stage produced for one prompt, with the batch's time split."""
 
     token_ids: list[int]
     prefill_s: float  # prompt processing up to and including the first new token
@@ -32,22 +70,20 @@ class VisionStage(Protocol):
     """Image tiles -> image embeddings."""
 
     def encode(self, pixel_values: Any, pixel_attention_mask: Any) -> Any:
-        """Embeddings of shape [num_images * tokens_per_tile, text_hidden] for one request."""
+        """[n, 3, T, T] tiles (and [n, T, T] masks) -> [n * tokens_per_tile, hidden]."""
         ...
 
 
 class LanguageStage(Protocol):
     """Prompt ids + image embeddings -> new token ids."""
 
-    def generate(
-        self,
-        input_ids: Any,
-        attention_mask: Any,
-        image_embeddings: Any,
-        max_new_tokens: int,
-        on_token: TokenCallback | None = None,
-        should_stop: StopCheck | None = None,
-    ) -> Generation: ...
+    def generate(self, request: GenerationRequest) -> list[Generation]:
+        """One Generation per row of ``request.input_ids``."""
+        ...
+
+    def prefill(self, input_ids: Any, image_embeddings: Any) -> Any:
+        """Run the model over a shared prompt prefix once; the result seeds later generations."""
+        ...
 
 
 class Backend(Protocol):

@@ -7,6 +7,7 @@ inside ``generate()``, so greedy output equals a plain ``generate()`` call token
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -15,13 +16,13 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from smolvlm_ros.engine.backends.base import Generation, StopCheck, TokenCallback
+from smolvlm_ros.engine.backends.base import Generation, GenerationRequest, StopCheck, TokenCallback
 
 
 class _TokenClock(BaseStreamer):
     """Timestamps the first new token (end of prefill) and forwards tokens to a callback.
 
-    ``generate`` calls ``put`` once with the prompt, then once per new token.
+    ``generate`` calls ``put`` once with the prompt, then once per step with the new token(s).
     """
 
     def __init__(self, on_token: TokenCallback | None) -> None:
@@ -36,8 +37,7 @@ class _TokenClock(BaseStreamer):
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         if self.on_token is not None:
-            for token in value.reshape(-1).tolist():
-                self.on_token(int(token))
+            self.on_token(int(value.reshape(-1)[0]))
 
     def end(self) -> None:
         pass
@@ -59,6 +59,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _image_outputs(embeddings: torch.Tensor) -> dict:
+    return {"image": BaseModelOutputWithPooling(pooler_output=[embeddings])}
+
+
 class TorchVision:
     """SigLIP encoder + connector of a loaded Idefics3 model."""
 
@@ -71,8 +75,8 @@ class TorchVision:
         self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor
     ) -> torch.Tensor:
         out = self.model.model.get_image_features(
-            pixel_values.to(self.device),
-            pixel_attention_mask.to(self.device),
+            pixel_values.to(self.device)[None],
+            pixel_attention_mask.to(self.device)[None],
             return_dict=True,
         )
         embeddings = torch.cat(list(out.pooler_output), dim=0)
@@ -86,36 +90,67 @@ class TorchLanguage:
     def __init__(self, model: Any, device: str) -> None:
         self.model = model
         self.device = device
+        config = model.generation_config
+        eos = config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 
     @torch.inference_mode()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        image_embeddings: torch.Tensor,
-        max_new_tokens: int,
-        on_token: TokenCallback | None = None,
-        should_stop: StopCheck | None = None,
-    ) -> Generation:
-        clock = _TokenClock(on_token)
-        stopping = StoppingCriteriaList([_StopWhen(should_stop)] if should_stop else [])
+    def prefill(self, input_ids: torch.Tensor, image_embeddings: torch.Tensor) -> Any:
+        out = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=torch.ones_like(input_ids, device=self.device),
+            mm_encoder_outputs=_image_outputs(image_embeddings),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        _sync(self.device)
+        return out.past_key_values
+
+    @torch.inference_mode()
+    def generate(self, request: GenerationRequest) -> list[Generation]:
+        batch = request.input_ids.shape[0]
+        if request.on_token is not None and batch > 1:
+            raise ValueError("token streaming is for single prompts, not batches")
+        clock = _TokenClock(request.on_token)
+        stopping = StoppingCriteriaList(
+            [_StopWhen(request.should_stop)] if request.should_stop else []
+        )
+        sampling = request.sampling
+        kwargs: dict[str, Any] = {"do_sample": sampling.do_sample}
+        if sampling.do_sample:
+            kwargs.update(
+                temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k
+            )
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+        if request.prefix is not None:
+            # Each generation extends its own copy: the prefix stays reusable.
+            kwargs["past_key_values"] = copy.deepcopy(request.prefix)
+        else:
+            kwargs["mm_encoder_outputs"] = _image_outputs(request.image_embeddings)
+
         start = time.perf_counter()
         out = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            mm_encoder_outputs={
-                "image": BaseModelOutputWithPooling(pooler_output=[image_embeddings])
-            },
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
+            input_ids=request.input_ids.to(self.device),
+            attention_mask=request.attention_mask.to(self.device),
+            max_new_tokens=request.max_new_tokens,
+            min_new_tokens=request.min_new_tokens or None,
             streamer=clock,
             stopping_criteria=stopping,
+            **kwargs,
         )
         _sync(self.device)
         end = time.perf_counter()
-        new_tokens = out[0, input_ids.shape[1] :].tolist()
         first = clock.first_token_at if clock.first_token_at is not None else end
-        return Generation(token_ids=new_tokens, prefill_s=first - start, decode_s=end - first)
+        new = out[:, request.input_ids.shape[1] :].tolist()
+        return [Generation(self._until_eos(row), first - start, end - first) for row in new]
+
+    def _until_eos(self, tokens: list[int]) -> list[int]:
+        """A batch row runs on (padded) after its end token: cut after the first one."""
+        for index, token in enumerate(tokens):
+            if token in self.eos_ids:
+                return tokens[: index + 1]
+        return tokens
 
 
 class TorchBackend:
