@@ -133,7 +133,9 @@ def plan_tiles(height: int, width: int, config: TilingConfig, geometry: ModelGeo
     # tiles are never finer than the camera's pixels (one tile at least).
     edge = cap if config.allow_upsampling else max(tile, min(cap, frame_edge) // tile * tile)
 
-    notes = []
+    # Shrink the edge one tile at a time until the grid fits. This ends: at one tile's edge the
+    # frame is a single image (no grid) of per_tile tokens, within any valid budget and cap.
+    reasons: list[str] = []
     while True:
         rows, cols = _grid(height, width, edge, tile)
         tokens = (rows * cols + 1) * per_tile if rows else per_tile
@@ -141,23 +143,9 @@ def plan_tiles(height: int, width: int, config: TilingConfig, geometry: ModelGeo
         over_budget = budget is not None and tokens > budget
         if not (too_many_tiles or over_budget):
             break
-        if edge <= tile:  # one tile: cannot shrink further, encode the global image alone
-            notes.append("splitting dropped")
-            return TilePlan(False, min(edge, frame_edge), 0, 0, per_tile, _note(notes, config))
-        reason = "max_tiles" if too_many_tiles else "max_image_tokens"
-        if reason not in notes:
-            notes.append(reason)
+        reason = f"max_tiles={config.max_tiles}" if too_many_tiles else f"max_image_tokens={budget}"
+        if reason not in reasons:
+            reasons.append(reason)
         edge -= tile
-    return TilePlan(True, edge, rows, cols, tokens, _note(notes, config) if notes else "")
-
-
-def _note(reasons: list[str], config: TilingConfig) -> str:
-    limits = []
-    if "max_tiles" in reasons:
-        limits.append(f"max_tiles={config.max_tiles}")
-    if "max_image_tokens" in reasons:
-        limits.append(f"max_image_tokens={config.max_image_tokens}")
-    text = "grid reduced to fit " + " and ".join(limits) if limits else ""
-    if "splitting dropped" in reasons:
-        text = (text + "; " if text else "") + "splitting dropped: one image fits"
-    return text
+    note = "grid reduced to fit " + " and ".join(reasons) if reasons else ""
+    return TilePlan(True, edge, rows, cols, tokens, note)
