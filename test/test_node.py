@@ -80,6 +80,7 @@ def test_captions_carry_the_source_frame_header(ros, running_node, photos):
         assert caption.provenance.prompt == "Describe this image in one sentence."
         assert caption.timing.image_tokens == 16  # tiny: one 128 px image, 16 tokens
         assert 1 <= caption.timing.generated_tokens <= 6
+        assert caption.timing.finish_reason in ("stop", "length")
         t = caption.timing
         assert t.total_ms >= t.encode_ms + t.prefill_ms + t.decode_ms > 0
 
@@ -171,6 +172,7 @@ def test_integer_accepted_for_a_float_parameter(ros, tmp_path):
         ({"image_topics": [""]}, "image_topics must list at least one non-empty topic name"),
         ({"model": "random:huge"}, "unknown model shape 'huge'"),
         ({"device": "tpu"}, "device 'tpu': expected one of auto, cpu, cuda"),
+        ({"max_tiles": -1}, "max_tiles -1: expected 0 (no limit) or more"),
         ({"max_new_tokens": "many"}, "start-up failed"),
         ({"caption_rate_hz": "fast"}, "caption_rate_hz must be a number, got 'fast'"),
         ({"caption_rate": 2.0}, "unknown parameter(s) caption_rate; known: image_topics"),

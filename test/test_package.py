@@ -28,12 +28,12 @@ def test_interfaces_have_the_documented_fields():
     assert set(VqaAnswer.get_fields_and_field_types()) == {
         "header", "camera", "question", "answer", "provenance", "timing"
     }  # fmt: skip
-    assert {"model", "backend", "device", "prompt", "tile_rows", "tile_cols"} <= set(
+    assert {"model", "backend", "device", "prompt", "tile_rows", "tile_cols", "tiling_note"} <= set(
         Provenance.get_fields_and_field_types()
     )
     assert set(Timing.get_fields_and_field_types()) == {
         "queue_wait_ms", "preprocess_ms", "encode_ms", "prefill_ms", "decode_ms", "total_ms",
-        "prompt_tokens", "image_tokens", "generated_tokens",
+        "prompt_tokens", "image_tokens", "generated_tokens", "finish_reason",
     }  # fmt: skip
     assert AskQuestion.Request.get_fields_and_field_types() == {
         "question": "string",

@@ -33,8 +33,8 @@ def _provenance(result: Result) -> Provenance:
 
 
 def _timing(result: Result) -> Timing:
-    # Timing.msg mirrors the core Timing dataclass field for field.
-    return Timing(**asdict(result.timing))
+    # Timing.msg mirrors the core Timing dataclass field for field, plus how generation ended.
+    return Timing(**asdict(result.timing), finish_reason=result.finish_reason)
 
 
 def to_caption(result: Result) -> Caption:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from smolvlm_ros.engine.engine import DEFAULT_CAPTION_PROMPT, DEFAULT_MAX_NEW_TOKENS
+from smolvlm_ros.engine.tiling import TilingConfig, TilingError
 from smolvlm_ros.models.loading import DEFAULT_MODEL, DEVICES, DTYPES
 
 MAX_NEW_TOKENS_LIMIT = 4096
@@ -27,6 +28,10 @@ class NodeSettings:
     device: str = "auto"
     dtype: str = "auto"
     image_splitting: bool = False
+    image_longest_edge: int = 0
+    max_tiles: int = 0
+    max_image_tokens: int = 0
+    allow_upsampling: bool = False
     caption_rate_hz: float = 1.0
     caption_prompt: str = DEFAULT_CAPTION_PROMPT
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
@@ -48,6 +53,9 @@ class NodeSettings:
             raise SettingsError(f"device {self.device!r}: expected one of {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
             raise SettingsError(f"dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        for name in ("image_longest_edge", "max_tiles", "max_image_tokens"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} {getattr(self, name)}: expected 0 (no limit) or more")
         if not 0.0 <= self.caption_rate_hz <= 1000.0:
             raise SettingsError(
                 f"caption_rate_hz {self.caption_rate_hz}: expected 0 (no captions) to 1000"
@@ -64,7 +72,21 @@ class NodeSettings:
             raise SettingsError(
                 f"max_pending_questions {self.max_pending_questions}: expected at least 1"
             )
+        try:
+            self.tiling().validate()
+        except TilingError as err:
+            raise SettingsError(str(err)) from err
         return self
+
+    def tiling(self) -> TilingConfig:
+        """The engine's tiling settings (0 here means: no limit)."""
+        return TilingConfig(
+            image_splitting=self.image_splitting,
+            longest_edge=self.image_longest_edge or None,
+            max_tiles=self.max_tiles or None,
+            max_image_tokens=self.max_image_tokens or None,
+            allow_upsampling=self.allow_upsampling,
+        )
 
 
 DESCRIPTIONS = {
@@ -72,7 +94,11 @@ DESCRIPTIONS = {
     "model": "Hugging Face hub id, local checkpoint directory, or random:<tiny|256m|500m|2b>.",
     "device": "auto (CUDA if available, else CPU) | cpu | cuda.",
     "dtype": "auto | float32 | bfloat16 | float16 (auto: bf16 where the hardware has it).",
-    "image_splitting": "Split frames into the reference's tile grid (many more tokens, slower).",
+    "image_splitting": "Split frames into a tile grid (many more tokens, slower).",
+    "image_longest_edge": "Cap on the resized longest edge in pixels; 0: the checkpoint's.",
+    "max_tiles": "Cap on grid tiles per frame (the grid shrinks to fit); 0: no cap.",
+    "max_image_tokens": "Image-token budget per frame (the grid shrinks to fit); 0: none.",
+    "allow_upsampling": "Resize small frames up to the longest edge first, as the reference does.",
     "caption_rate_hz": "Captions per second per camera, at most; 0 disables periodic captions.",
     "caption_prompt": "The instruction sent with each frame to caption.",
     "max_new_tokens": f"Longest caption or answer, in tokens (1-{MAX_NEW_TOKENS_LIMIT}).",

@@ -20,7 +20,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 
-from smolvlm_ros.engine import Engine, EngineConfig, Frame, Result, TilingConfig
+from smolvlm_ros.engine import Engine, EngineConfig, Frame, Result
 from smolvlm_ros.msg import Caption
 from smolvlm_ros.node.messages import stamp_to_ns, to_caption, to_vqa_answer
 from smolvlm_ros.node.settings import (
@@ -74,7 +74,7 @@ class VlmNode(Node):
                 model=s.model,
                 device=s.device,
                 dtype=s.dtype,
-                tiling=TilingConfig(image_splitting=s.image_splitting),
+                tiling=s.tiling(),
             )
         )
         if self.engine.is_random:
