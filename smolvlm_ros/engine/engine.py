@@ -196,39 +196,43 @@ class Engine:
         )
 
     def ask_many(self, frame: Frame, questions: Sequence[str], **limits) -> list[Result]:
-        """Several questions about one frame: one vision pass, and the shared prompt prefix
-        (the image tokens) run through the decoder once; answers equal separate asks."""
+        """Several questions about one frame, answered together: one vision pass, the shared
+        prompt prefix (everything up to the question) through the decoder once, and the
+        questions decoded as one batch. Answers equal separate :meth:`ask` calls; stage times
+        in each result are the batch's (the vision pass is the first answer's)."""
         if not questions:
             return []
+        if len(questions) == 1:
+            return [self.ask(frame, questions[0], **limits)]
         started, queue_wait_s = time.perf_counter(), _queue_wait([frame])
         lim = Limits(**limits).validate()
+        if lim.on_token is not None:
+            raise ValueError("on_token streams single requests; ask_many answers as a batch")
         for question in questions:
             self._check_text(question)
         (encoded,) = self._encode([frame], lim)
-        if len(questions) == 1:
-            return [self.ask(frame, questions[0], **limits)]
         t0 = time.perf_counter()
         ids = [self.prompt_ids(q, [encoded.plan]) for q in questions]
         tokenize_s = time.perf_counter() - t0
         prefix_len = self._shared_prefix(ids)
+        watch = _StopWatch(lim)
+        watch.check_before_start()
         t0 = time.perf_counter()
         prefix = self.backend.language.prefill(ids[0][:prefix_len][None], encoded.embeddings)
         prefix_s = time.perf_counter() - t0
+        generations = self._generate(ids, None, lim, watch, prefix=prefix, prefix_len=prefix_len)
+        reused = _Encoded(frame, encoded.plan, encoded.embeddings, 0.0, 0.0, True)
         results = []
-        for index, (question, prompt_ids) in enumerate(zip(questions, ids, strict=True)):
-            watch = _StopWatch(lim)
-            (generation,) = self._generate([prompt_ids], None, lim, watch, prefix=prefix)
-            if index == 0:  # the shared work is the first answer's
-                generation.prefill_s += prefix_s
-            else:
-                encoded = _Encoded(frame, encoded.plan, encoded.embeddings, 0.0, 0.0, True)
+        for index, (question, prompt_ids, generation) in enumerate(
+            zip(questions, ids, generations, strict=True)
+        ):
+            generation.prefill_s += prefix_s
             results.append(
                 self._result(
-                    ANSWER, question, [encoded], prompt_ids, generation, lim, watch, started,
-                    queue_wait_s, tokenize_s / len(questions),
+                    ANSWER, question, [encoded if index == 0 else reused], prompt_ids,
+                    generation, lim, watch, started, queue_wait_s, tokenize_s / len(questions),
                 )
             )  # fmt: skip
-            started, queue_wait_s = time.perf_counter(), 0.0  # the next answer's own share
         return results
 
     def caption_batch(
@@ -348,9 +352,10 @@ class Engine:
 
     def _shared_prefix(self, ids: list[torch.Tensor]) -> int:
         """Tokens all prompts share; at least every image token, so the rest is plain text."""
-        shortest = min(len(i) for i in ids)
-        length = 0
-        while length < shortest - 1 and all(i[length] == ids[0][length] for i in ids):
+        rows = [i.tolist() for i in ids]
+        shortest = min(len(r) for r in rows)
+        length = 0  # at most shortest - 1: every row keeps a token of its own to prefill
+        while length < shortest - 1 and all(r[length] == rows[0][length] for r in rows):
             length += 1
         last_image = int((ids[0] == self.image_token_id).nonzero().max()) + 1
         if length < last_image:
@@ -364,7 +369,15 @@ class Engine:
         limits: Limits,
         watch: _StopWatch,
         prefix=None,
+        prefix_len: int = 0,
     ) -> list[Generation]:
+        """Pad the prompts into one batch and run the language stage.
+
+        Without a prefix, rows are left-padded: every prompt ends where decoding starts. With
+        a cached prefix (its first ``prefix_len`` tokens, shared by all rows), rows are
+        [prefix | padding | rest of the prompt]: masked padding in the middle keeps the shared
+        part aligned with the cache, and positions follow the attention mask.
+        """
         longest = max(len(i) for i in ids)
         if longest + limits.max_new_tokens > self.max_positions:
             raise TokenBudgetError(
@@ -375,9 +388,12 @@ class Engine:
         watch.check_before_start()
         input_ids = torch.full((len(ids), longest), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
-        for row, prompt in enumerate(ids):  # left padding: every prompt ends where decoding starts
-            input_ids[row, longest - len(prompt) :] = prompt
-            attention_mask[row, longest - len(prompt) :] = 1
+        for row, prompt in enumerate(ids):
+            input_ids[row, :prefix_len] = prompt[:prefix_len]
+            attention_mask[row, :prefix_len] = 1
+            rest = prompt[prefix_len:]
+            input_ids[row, longest - len(rest) :] = rest
+            attention_mask[row, longest - len(rest) :] = 1
         return self.backend.language.generate(
             GenerationRequest(
                 input_ids=input_ids,

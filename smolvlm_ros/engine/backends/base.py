@@ -46,7 +46,7 @@ class Sampling:
 class GenerationRequest:
     """What the language stage is asked to do for a batch of prompts."""
 
-    input_ids: Any  # [batch, length] int64, left-padded for batch > 1
+    input_ids: Any  # [batch, length] int64; padded as Engine._generate documents
     attention_mask: Any  # [batch, length]
     image_embeddings: Any | None  # [image tokens of the whole batch, hidden]; None with a prefix
     max_new_tokens: int
@@ -54,7 +54,7 @@ class GenerationRequest:
     sampling: Sampling = Sampling()
     on_token: TokenCallback | None = None
     should_stop: StopCheck | None = None
-    prefix: Any | None = None  # a cached prefix from prefill(); covers the first prefix tokens
+    prefix: Any | None = None  # from prefill(): covers the first tokens of every row
 
 
 @dataclass

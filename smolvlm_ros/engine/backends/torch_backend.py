@@ -124,8 +124,11 @@ class TorchLanguage:
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
         if request.prefix is not None:
-            # Each generation extends its own copy: the prefix stays reusable.
-            kwargs["past_key_values"] = copy.deepcopy(request.prefix)
+            # Each generation extends its own copy, one row per prompt: the prefix stays reusable.
+            cache = copy.deepcopy(request.prefix)
+            if batch > 1:
+                cache.batch_repeat_interleave(batch)
+            kwargs["past_key_values"] = cache
         else:
             kwargs["mm_encoder_outputs"] = _image_outputs(request.image_embeddings)
 
