@@ -31,4 +31,6 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["smolvlm_ros", "smolvlm_ros.*"]),
     install_requires=INSTALL_REQUIRES,
+    extras_require={"demo": ["scikit-image>=0.22"]},  # the sample photographs
+    entry_points={"console_scripts": ["smolvlm-bench = smolvlm_ros.bench:main"]},
 )
