@@ -28,10 +28,10 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-import PIL.Image
 import torch
 
 from smolvlm_ros.engine import Engine, EngineConfig, Frame, Result, TilingConfig
+from smolvlm_ros.engine.reference import reference_generate
 from smolvlm_ros.tools.sample_bag import PHOTO_NAMES, photo
 
 QUESTIONS = [
@@ -162,25 +162,8 @@ class Bench:
     # -- plain transformers on the same weights and settings -------------------------------
 
     def _reference_generate(self, frame: Frame, text: str) -> list[int]:
-        engine = self.engine
-        plan = engine.plan(frame)
-        inputs = engine.processor(
-            text=engine.chat_prompt(text),
-            images=[[PIL.Image.fromarray(frame.image)]],
-            size={"longest_edge": plan.longest_edge},
-            do_image_splitting=plan.splitting,
-            return_tensors="pt",
-        ).to(self.device)
-        with torch.inference_mode():
-            out = engine.loaded.model.generate(
-                **inputs,
-                do_sample=False,
-                max_new_tokens=self.args.max_new_tokens,
-                min_new_tokens=self.args.max_new_tokens,
-            )
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return out[0, inputs["input_ids"].shape[1] :].tolist()
+        n = self.args.max_new_tokens
+        return reference_generate(self.engine, frame, text, max_new_tokens=n, min_new_tokens=n)
 
     def reference_single(self) -> list[list[int]]:
         return [self._reference_generate(self.frames[0], "Describe this image in one sentence.")]

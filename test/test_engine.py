@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-import PIL.Image
 import pytest
 
 from smolvlm_ros.engine import ANSWER, CAPTION, Frame, TilingConfig
+from smolvlm_ros.engine.reference import reference_generate
 
 
 def reference_tokens(engine, frame: Frame, prompt: str, max_new_tokens: int) -> list[int]:
     """What the checkpoint's processor + plain ``model.generate()`` make with the same settings."""
-    plan = engine.plan(frame)
-    inputs = engine.processor(
-        text=engine.chat_prompt(prompt),
-        images=[[PIL.Image.fromarray(frame.image)]],
-        size={"longest_edge": plan.longest_edge},
-        do_image_splitting=plan.splitting,
-        return_tensors="pt",
-    )
-    out = engine.loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return out[0, inputs["input_ids"].shape[1] :].tolist()
+    return reference_generate(engine, frame, prompt, max_new_tokens)
 
 
 @pytest.mark.parametrize("splitting", [False, True])

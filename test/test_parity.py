@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from smolvlm_ros.engine import Engine, EngineConfig, Frame, TilingConfig
+from smolvlm_ros.engine.reference import reference_generate, reference_inputs
 from smolvlm_ros.tools.sample_bag import photo
 
 # (height, width): camera 4:3, portrait, very wide, very tall, smaller than one tile, odd sizes.
@@ -44,20 +45,9 @@ def frame_of(height: int, width: int) -> Frame:
     return Frame(photo("astronaut", width=width, height=height))
 
 
-def reference_inputs(engine: Engine, frame: Frame, plan, prompt: str = PROMPT) -> dict:
-    """The checkpoint's processor, called as transformers' docs show, with the plan's settings."""
-    return engine.processor(
-        text=engine.chat_prompt(prompt),
-        images=[[PIL.Image.fromarray(frame.image)]],
-        size={"longest_edge": plan.longest_edge},
-        do_image_splitting=plan.splitting,
-        return_tensors="pt",
-    )
-
-
 def check_inputs(engine: Engine, frame: Frame) -> None:
     plan = engine.plan(frame)
-    ref = reference_inputs(engine, frame, plan)
+    ref = reference_inputs(engine, frame, PROMPT)
     ours = engine.preprocess_image(frame, plan)
     assert torch.equal(ours["pixel_values"], ref["pixel_values"])
     assert torch.equal(ours["pixel_attention_mask"], ref["pixel_attention_mask"])
@@ -68,10 +58,7 @@ def check_inputs(engine: Engine, frame: Frame) -> None:
 
 
 def check_generation(engine: Engine, frame: Frame, max_new_tokens: int) -> None:
-    plan = engine.plan(frame)
-    ref = reference_inputs(engine, frame, plan)
-    out = engine.loaded.model.generate(**ref, max_new_tokens=max_new_tokens, do_sample=False)
-    expected = out[0, ref["input_ids"].shape[1] :].tolist()
+    expected = reference_generate(engine, frame, PROMPT, max_new_tokens)
     assert engine.ask(frame, PROMPT, max_new_tokens=max_new_tokens).token_ids == expected
 
 
