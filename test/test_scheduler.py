@@ -1,14 +1,20 @@
-"""FrameScheduler with a hand-driven clock: latest wins, pacing, turns, questions first."""
+"""FrameScheduler with a hand-driven clock: latest wins, pacing, fair turns, age, mosaic."""
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 
 import pytest
 
 from smolvlm_ros.pipeline.scheduler import (
+    STALE,
+    SUPERSEDED,
+    UNCHANGED,
+    CameraConfig,
     CaptionJob,
     FrameScheduler,
+    MosaicJob,
     QuestionJob,
     SchedulerFull,
 )
@@ -22,60 +28,137 @@ class FakeClock:
         return self.now
 
 
-def make(cameras=("a",), rate=1.0, **kwargs):
+def make(cameras=("a",), rate=1.0, priorities=None, **kwargs):
     clock = FakeClock()
-    return FrameScheduler(list(cameras), rate, clock=clock, **kwargs), clock
+    configs = [CameraConfig(name, rate, (priorities or {}).get(name, 1.0)) for name in cameras]
+    return FrameScheduler(configs, clock=clock, **kwargs), clock
 
 
 def test_latest_frame_wins_and_memory_is_one_slot():
     sched, _ = make()
     for i in range(10_000):
-        sched.offer("a", i)
+        sched.offer("a", i, stamp=0.0)
     job = sched.next_job(timeout=0)
     assert isinstance(job, CaptionJob) and job.item == 9_999
     stats = sched.stats()["a"]
-    assert (stats.received, stats.replaced, stats.captioned) == (10_000, 9_999, 1)
+    assert (stats.received, stats.captioned, stats.dropped[SUPERSEDED]) == (10_000, 1, 9_999)
     assert sched.next_job(timeout=0) is None  # nothing new since
 
 
 def test_captions_are_paced_by_rate():
     sched, clock = make(rate=2.0)  # every 0.5 s
-    sched.offer("a", 1)
+    sched.offer("a", 1, 0.0)
     assert sched.next_job(timeout=0).item == 1
     clock.now = 0.3
-    sched.offer("a", 2)
+    sched.offer("a", 2, 0.3)
     assert sched.next_job(timeout=0) is None  # not due yet
     clock.now = 0.5
     assert sched.next_job(timeout=0).item == 2
 
 
+def test_30hz_camera_at_1hz_gives_one_caption_per_second_of_the_newest_frame():
+    sched, clock = make(rate=1.0)
+    captioned = []
+    for i in range(300):  # 10 s at 30 Hz
+        clock.now = i / 30
+        sched.offer("a", i, clock.now)
+        job = sched.next_job(timeout=0)
+        if job is not None:
+            captioned.append(job.item)
+    assert captioned == [0, 30, 60, 90, 120, 150, 180, 210, 240, 270]
+
+
 def test_a_long_stall_does_not_cause_a_burst():
     sched, clock = make(rate=1.0)
-    sched.offer("a", 1)
+    sched.offer("a", 1, 0.0)
     sched.next_job(timeout=0)
     clock.now = 10.0  # e.g. a slow inference
-    sched.offer("a", 2)
+    sched.offer("a", 2, 10.0)
     assert sched.next_job(timeout=0).item == 2
-    sched.offer("a", 3)
+    sched.offer("a", 3, 10.0)
     assert sched.next_job(timeout=0) is None  # next one is due at 11, not immediately
     clock.now = 11.0
     assert sched.next_job(timeout=0).item == 3
 
 
 def test_cameras_take_turns():
-    sched, clock = make(cameras=("a", "b"), rate=1000.0)
+    sched, clock = make(cameras=("a", "b", "c"), rate=1000.0)
     order = []
-    for step in range(6):
+    for step in range(9):
         clock.now = step
-        sched.offer("a", f"a{step}")
-        sched.offer("b", f"b{step}")
+        for cam in "abc":
+            sched.offer(cam, f"{cam}{step}", clock.now)
         order.append(sched.next_job(timeout=0).camera)
-    assert order == ["a", "b", "a", "b", "a", "b"]
+    assert order == ["a", "b", "c"] * 3
+
+
+def test_priorities_share_the_model_by_weight():
+    sched, clock = make(cameras=("a", "b"), rate=1000.0, priorities={"a": 3.0})
+    turns = Counter()
+    for step in range(40):
+        clock.now = step
+        sched.offer("a", step, clock.now)
+        sched.offer("b", step, clock.now)
+        turns[sched.next_job(timeout=0).camera] += 1
+    assert turns == {"a": 30, "b": 10}
+
+
+def test_an_idle_camera_does_not_bank_turns():
+    sched, clock = make(cameras=("a", "b"), rate=1000.0)
+    for step in range(10):  # only a publishes for a while
+        clock.now = step
+        sched.offer("a", step, clock.now)
+        assert sched.next_job(timeout=0).camera == "a"
+    order = []
+    for step in range(10, 16):  # then both: they alternate, b does not get 10 turns in a row
+        clock.now = step
+        sched.offer("a", step, clock.now)
+        sched.offer("b", step, clock.now)
+        order.append(sched.next_job(timeout=0).camera)
+    assert order.count("b") == 3 and order.count("a") == 3
+
+
+def test_stale_frames_are_dropped_and_counted():
+    sched, clock = make(rate=1000.0, max_frame_age_s=0.5)
+    clock.now = 100.0
+    sched.offer("a", "old", stamp=99.0)  # a second old on arrival (e.g. a lagging driver)
+    assert sched.next_job(timeout=0) is None
+    sched.offer("a", "fresh", stamp=99.8)
+    assert sched.next_job(timeout=0).item == "fresh"
+    stats = sched.stats()["a"]
+    assert stats.dropped[STALE] == 1 and stats.captioned == 1
+    assert sched.latest("a") == "fresh"  # questions still see the newest frame
+
+
+def test_drops_reported_by_the_worker_are_counted():
+    sched, _ = make()
+    sched.offer("a", 1, 0.0)
+    sched.next_job(timeout=0)
+    sched.record_drop("a", UNCHANGED)
+    stats = sched.stats()["a"]
+    assert stats.captioned == 0 and stats.dropped[UNCHANGED] == 1
+    with pytest.raises(ValueError, match="unknown drop reason"):
+        sched.record_drop("a", "bored")
+
+
+def test_mosaic_takes_every_cameras_latest_frame_at_the_mosaic_rate():
+    sched, clock = make(cameras=("a", "b", "c"), mosaic=True, mosaic_rate_hz=2.0)
+    sched.offer("a", "a0", 0.0)
+    sched.offer("c", "c0", 0.0)
+    job = sched.next_job(timeout=0)
+    assert isinstance(job, MosaicJob)
+    assert (job.cameras, job.items) == (["a", "c"], ["a0", "c0"])  # b has no frame yet
+    sched.offer("b", "b1", 0.1)
+    clock.now = 0.2
+    assert sched.next_job(timeout=0) is None  # due again at 0.5
+    clock.now = 0.5
+    job = sched.next_job(timeout=0)
+    assert (job.cameras, job.items) == (["a", "b", "c"], ["a0", "b1", "c0"])
 
 
 def test_questions_jump_ahead_of_due_captions():
     sched, _ = make()
-    sched.offer("a", "frame")
+    sched.offer("a", "frame", 0.0)
     question = QuestionJob(camera="a", item="frame", question="q?", max_new_tokens=4)
     sched.ask(question)
     assert sched.next_job(timeout=0) is question
@@ -92,24 +175,26 @@ def test_too_many_questions_are_refused():
 
 def test_rate_zero_keeps_frames_for_questions_but_never_captions():
     sched, clock = make(rate=0.0)
-    sched.offer("a", "frame")
+    sched.offer("a", "frame", 0.0)
     clock.now = 100.0
     assert sched.next_job(timeout=0) is None
     assert sched.latest("a") == "frame"
+    assert sched.stats()["a"].dropped[SUPERSEDED] == 0  # nothing was due: nothing dropped
+
+
+def test_a_waiting_worker_wakes_for_a_question():
+    sched, _ = make()
+    results = []
+    worker = threading.Thread(target=lambda: results.append(sched.next_job(timeout=10)))
+    worker.start()
+    sched.ask(QuestionJob("a", None, "q", 1))
+    worker.join(timeout=5)
+    assert results and results[0].question == "q"
 
 
 def test_close_wakes_the_worker_and_fails_waiting_questions():
     sched, _ = make()
-    waiting = sched.ask(QuestionJob("a", None, "q", 1))
-    results = []
-    sched.next_job(timeout=0)  # the worker takes that question ...
-    worker = threading.Thread(target=lambda: results.append(sched.next_job()))
-    worker.start()  # ... and then blocks with nothing to do
-    queued = sched.ask(QuestionJob("a", None, "q2", 1))
-    # the blocked worker picks q2 up at once
-    worker.join(timeout=5)
-    assert results and results[0].question == "q2"
-    late = QuestionJob("a", None, "q3", 1)
+    late = QuestionJob("a", None, "q", 1)
     sched.ask(late)
     sched.close()
     assert sched.next_job(timeout=1) is None
@@ -117,17 +202,18 @@ def test_close_wakes_the_worker_and_fails_waiting_questions():
         late.future.result(timeout=1)
     with pytest.raises(RuntimeError, match="closed"):
         sched.ask(QuestionJob("a", None, "q4", 1))
-    assert not waiting.done() and not queued.done()  # taken by the worker: theirs to answer
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("cameras", "kwargs", "message"),
     [
-        (([], 1.0), "at least one camera"),
-        ((["a", "a"], 1.0), "listed twice"),
-        ((["a"], -1.0), "caption_rate_hz must be >= 0"),
+        ([], {}, "at least one camera"),
+        ([CameraConfig("a"), CameraConfig("a")], {}, "listed twice"),
+        ([CameraConfig("a", -1.0)], {}, "caption rate must be >= 0"),
+        ([CameraConfig("a", 1.0, 0.0)], {}, "priority must be > 0"),
+        ([CameraConfig("a")], {"max_frame_age_s": -1}, "max_frame_age_s must be >= 0"),
     ],
 )
-def test_bad_configuration(args, message):
+def test_bad_configuration(cameras, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        FrameScheduler(*args)
+        FrameScheduler(cameras, **kwargs)

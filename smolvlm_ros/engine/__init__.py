@@ -11,13 +11,27 @@ from smolvlm_ros.engine.engine import (
     TokenBudgetError,
 )
 from smolvlm_ros.engine.tiling import TilePlan, TilingConfig, TilingError
-from smolvlm_ros.engine.types import ANSWER, CAPTION, Frame, Result, Timing
+from smolvlm_ros.engine.types import (
+    ANSWER,
+    CAPTION,
+    FINISH_CANCELLED,
+    FINISH_DEADLINE,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Frame,
+    Result,
+    Timing,
+)
 
 __all__ = [
     "ANSWER",
     "CAPTION",
     "DEFAULT_CAPTION_PROMPT",
     "DEFAULT_MAX_NEW_TOKENS",
+    "FINISH_CANCELLED",
+    "FINISH_DEADLINE",
+    "FINISH_LENGTH",
+    "FINISH_STOP",
     "DeadlineExceeded",
     "Engine",
     "EngineConfig",

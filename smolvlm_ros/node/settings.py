@@ -11,8 +11,12 @@ from dataclasses import dataclass, fields
 from smolvlm_ros.engine.engine import DEFAULT_CAPTION_PROMPT, DEFAULT_MAX_NEW_TOKENS
 from smolvlm_ros.engine.tiling import TilingConfig, TilingError
 from smolvlm_ros.models.loading import DEFAULT_MODEL, DEVICES, DTYPES
+from smolvlm_ros.pipeline.scheduler import CameraConfig
 
 MAX_NEW_TOKENS_LIMIT = 4096
+QOS_RELIABILITY = ("best_effort", "reliable")
+# Parameters that are lists of numbers (YAML may write them as integers).
+NUMBER_LISTS = ("camera_rates_hz", "camera_priorities")
 
 
 class SettingsError(ValueError):
@@ -33,6 +37,13 @@ class NodeSettings:
     max_image_tokens: int = 0
     allow_upsampling: bool = False
     caption_rate_hz: float = 1.0
+    camera_rates_hz: tuple[float, ...] = ()
+    camera_priorities: tuple[float, ...] = ()
+    max_frame_age_s: float = 0.0
+    change_threshold: float = 0.0
+    mosaic: bool = False
+    qos_reliability: str = "best_effort"
+    qos_depth: int = 5
     caption_prompt: str = DEFAULT_CAPTION_PROMPT
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     ask_timeout_s: float = 30.0
@@ -60,6 +71,32 @@ class NodeSettings:
             raise SettingsError(
                 f"caption_rate_hz {self.caption_rate_hz}: expected 0 (no captions) to 1000"
             )
+        for name in ("camera_rates_hz", "camera_priorities"):
+            values = getattr(self, name)
+            if values and len(values) != len(topics):
+                raise SettingsError(
+                    f"{name} has {len(values)} values for {len(topics)} image_topics: "
+                    "give one per topic, in the same order (or none)"
+                )
+        if any(rate < 0 for rate in self.camera_rates_hz):
+            raise SettingsError(f"camera_rates_hz {list(self.camera_rates_hz)}: rates must be >= 0")
+        if any(priority <= 0 for priority in self.camera_priorities):
+            raise SettingsError(
+                f"camera_priorities {list(self.camera_priorities)}: priorities must be > 0"
+            )
+        if self.max_frame_age_s < 0:
+            raise SettingsError(f"max_frame_age_s {self.max_frame_age_s}: expected 0 (off) or more")
+        if self.change_threshold < 0:
+            raise SettingsError(
+                f"change_threshold {self.change_threshold}: expected 0 (off) to 255"
+            )
+        if self.qos_reliability not in QOS_RELIABILITY:
+            raise SettingsError(
+                f"qos_reliability {self.qos_reliability!r}: expected one of "
+                f"{', '.join(QOS_RELIABILITY)}"
+            )
+        if self.qos_depth < 1:
+            raise SettingsError(f"qos_depth {self.qos_depth}: expected at least 1")
         if not self.caption_prompt.strip():
             raise SettingsError("caption_prompt is empty")
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
@@ -77,6 +114,15 @@ class NodeSettings:
         except TilingError as err:
             raise SettingsError(str(err)) from err
         return self
+
+    def camera_configs(self, names: list[str]) -> list[CameraConfig]:
+        """Scheduling of each camera, ``names`` being the topics as the node resolved them."""
+        rates = self.camera_rates_hz or (self.caption_rate_hz,) * len(names)
+        priorities = self.camera_priorities or (1.0,) * len(names)
+        return [
+            CameraConfig(name, rate, priority)
+            for name, rate, priority in zip(names, rates, priorities, strict=True)
+        ]
 
     def tiling(self) -> TilingConfig:
         """The engine's tiling settings (0 here means: no limit)."""
@@ -100,6 +146,13 @@ DESCRIPTIONS = {
     "max_image_tokens": "Image-token budget per frame (the grid shrinks to fit); 0: none.",
     "allow_upsampling": "Resize small frames up to the longest edge first, as the reference does.",
     "caption_rate_hz": "Captions per second per camera, at most; 0 disables periodic captions.",
+    "camera_rates_hz": "Per-camera caption rates, one per image topic; empty: caption_rate_hz.",
+    "camera_priorities": "Per-camera shares of the model when cameras compete; empty: equal.",
+    "max_frame_age_s": "Drop frames older than this (by header stamp, ROS time); 0: no limit.",
+    "change_threshold": "Skip frames that changed less than this (0-255) since the last caption.",
+    "mosaic": "Caption all cameras' latest frames together, as one labelled grid image.",
+    "qos_reliability": "Image subscriptions: best_effort (sensor data, default) or reliable.",
+    "qos_depth": "Image subscriptions' queue depth (only the newest frame is used).",
     "caption_prompt": "The instruction sent with each frame to caption.",
     "max_new_tokens": f"Longest caption or answer, in tokens (1-{MAX_NEW_TOKENS_LIMIT}).",
     "ask_timeout_s": "How long ~/ask waits for its answer before failing.",

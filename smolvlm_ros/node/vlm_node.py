@@ -2,40 +2,49 @@
 
 A thin layer over the core: parameters become a :class:`NodeSettings`, image callbacks only
 store the message in the camera's latest-wins slot (no decoding, no inference), one worker
-thread takes jobs from the :class:`FrameScheduler` and runs the :class:`Engine`, and the
-``~/ask`` service queues its question ahead of captions and waits for the worker's answer.
+thread takes jobs from the :class:`FrameScheduler` and runs them through the shared
+:class:`JobRunner`, and ``~/ask`` queues its question ahead of captions and waits for the
+answer. All scheduling decisions use the node's ROS clock, so ``use_sim_time`` replays behave
+like live runs.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, fields
 from typing import Any
 
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from smolvlm_ros.engine import Engine, EngineConfig, Frame, Result
+from smolvlm_ros.engine import (
+    FINISH_CANCELLED,
+    FINISH_DEADLINE,
+    DeadlineExceeded,
+    Engine,
+    EngineConfig,
+    Frame,
+    Result,
+)
 from smolvlm_ros.msg import Caption
+from smolvlm_ros.node.diagnostics import diagnostics
 from smolvlm_ros.node.messages import stamp_to_ns, to_caption, to_vqa_answer
 from smolvlm_ros.node.settings import (
     DESCRIPTIONS,
     MAX_NEW_TOKENS_LIMIT,
+    NUMBER_LISTS,
     NodeSettings,
     SettingsError,
 )
+from smolvlm_ros.pipeline.change import ChangeGate
 from smolvlm_ros.pipeline.intake import ImageDecodeError, is_compressed_topic, message_to_rgb
-from smolvlm_ros.pipeline.scheduler import (
-    CaptionJob,
-    FrameScheduler,
-    QuestionJob,
-    SchedulerFull,
-)
+from smolvlm_ros.pipeline.runner import CaptionSettings, JobRunner
+from smolvlm_ros.pipeline.scheduler import FrameScheduler, QuestionJob, SchedulerFull
 from smolvlm_ros.srv import AskQuestion
 
 
@@ -70,12 +79,7 @@ class VlmNode(Node):
         s = self.settings
         self.get_logger().info(f"loading model {s.model!r} (device={s.device}, dtype={s.dtype})")
         self.engine = Engine.from_config(
-            EngineConfig(
-                model=s.model,
-                device=s.device,
-                dtype=s.dtype,
-                tiling=s.tiling(),
-            )
+            EngineConfig(model=s.model, device=s.device, dtype=s.dtype, tiling=s.tiling())
         )
         if self.engine.is_random:
             self.get_logger().warn(
@@ -96,32 +100,59 @@ class VlmNode(Node):
             cameras.append(resolved)
         self.default_camera = cameras[0]
         self.scheduler = FrameScheduler(
-            cameras, s.caption_rate_hz, max_pending_questions=s.max_pending_questions
+            s.camera_configs(cameras),
+            max_frame_age_s=s.max_frame_age_s,
+            mosaic=s.mosaic,
+            mosaic_rate_hz=s.caption_rate_hz,
+            max_pending_questions=s.max_pending_questions,
+            clock=self._ros_seconds,
+        )
+        self._stop = threading.Event()
+        self.runner = JobRunner(
+            self.engine,
+            self.scheduler,
+            to_frame=ReceivedImage.to_frame,
+            captions=CaptionSettings(s.caption_prompt, s.max_new_tokens),
+            change_gate=ChangeGate(s.change_threshold),
+            should_stop=self._stop.is_set,
+            warn=lambda text: self.get_logger().warn(text, throttle_duration_sec=5.0),
         )
 
         self.caption_pub = self.create_publisher(Caption, "~/caption", 10)
-        images_group = MutuallyExclusiveCallbackGroup()
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        image_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=s.qos_depth,
+            reliability=(
+                ReliabilityPolicy.RELIABLE
+                if s.qos_reliability == "reliable"
+                else ReliabilityPolicy.BEST_EFFORT
+            ),
+        )
         for camera in cameras:
             msg_type = CompressedImage if is_compressed_topic(camera) else Image
             self.create_subscription(
                 msg_type,
                 camera,
                 lambda msg, camera=camera: self._on_image(camera, msg),
-                qos_profile_sensor_data,
-                callback_group=images_group,
+                image_qos,
             )
-        # Reentrant: several ~/ask calls may wait for their answers at once.
-        self.ask_srv = self.create_service(
-            AskQuestion, "~/ask", self._on_ask, callback_group=ReentrantCallbackGroup()
+        self.ask_srv = self.create_service(AskQuestion, "~/ask", self._on_ask)
+        # On the steady clock: diagnostics keep coming when a replay's /clock pauses.
+        self.create_timer(
+            1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME)
         )
 
-        self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="smolvlm-worker", daemon=True)
         self._worker.start()
+        mode = "one mosaic of all cameras" if s.mosaic else "per camera"
         self.get_logger().info(
             f"listening on {', '.join(cameras)}; captions on {self.caption_pub.topic_name} "
-            f"at up to {s.caption_rate_hz} Hz per camera; questions on {self.ask_srv.service_name}"
+            f"at up to {s.caption_rate_hz} Hz {mode}; questions on {self.ask_srv.service_name}"
         )
+
+    def _ros_seconds(self) -> float:
+        return self.get_clock().now().nanoseconds / 1e9
 
     # -- parameters ------------------------------------------------------------------------
 
@@ -130,20 +161,20 @@ class VlmNode(Node):
         values = {}
         for field in fields(NodeSettings):
             default = getattr(defaults, field.name)
-            if isinstance(default, tuple):
-                default = list(default)
+            numeric = isinstance(default, float) or field.name in NUMBER_LISTS
             descriptor = ParameterDescriptor(
                 description=DESCRIPTIONS[field.name],
                 # Not reconfigurable while running (yet): refuse changes rather than ignore them.
                 read_only=True,
-                # `caption_rate_hz: 2` in YAML is an integer; accept it for a float parameter.
-                dynamic_typing=isinstance(default, float),
+                # YAML writes `2` or `[1, 2]` for these: accept integers for float parameters.
+                dynamic_typing=numeric,
             )
-            value = self.declare_parameter(field.name, default, descriptor).value
-            if isinstance(default, float):
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise SettingsError(f"{field.name} must be a number, got {value!r}")
-                value = float(value)
+            initial = None if field.name in NUMBER_LISTS else default
+            if isinstance(initial, tuple):
+                initial = list(initial)
+            value = self.declare_parameter(field.name, initial, descriptor).value
+            if numeric:
+                value = _numbers(field.name, value, default)
             values[field.name] = tuple(value) if isinstance(value, list) else value
         # ROS ignores parameters nobody declares; a typo in a params file must not go unnoticed.
         unknown = sorted(
@@ -159,13 +190,23 @@ class VlmNode(Node):
     # -- intake ----------------------------------------------------------------------------
 
     def _on_image(self, camera: str, msg: Any) -> None:
-        self.scheduler.offer(camera, ReceivedImage(camera, msg, time.monotonic()))
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec / 1e9
+        self.scheduler.offer(camera, ReceivedImage(camera, msg, time.monotonic()), stamp)
 
     # -- ~/ask -----------------------------------------------------------------------------
 
-    def _on_ask(self, request: AskQuestion.Request, response: AskQuestion.Response):
+    async def _on_ask(self, request: AskQuestion.Request, response: AskQuestion.Response):
+        """Never blocks the executor: the question is queued and the callback awaits it."""
         try:
-            response.answer = to_vqa_answer(self._answer(request))
+            job = self._question_job(request)
+            try:
+                future = self.scheduler.ask(job)
+            except SchedulerFull as err:
+                raise AskError(f"node is busy: {err}; try again later") from err
+            except RuntimeError as err:  # closed: shutting down
+                raise AskError(str(err)) from err
+            await self._wait_for(future)
+            response.answer = to_vqa_answer(self._answer_of(future))
             response.success = True
         except AskError as err:
             response.success = False
@@ -173,7 +214,15 @@ class VlmNode(Node):
             self.get_logger().warn(f"~/ask refused: {err}")
         return response
 
-    def _answer(self, request: AskQuestion.Request) -> Result:
+    async def _wait_for(self, future) -> None:
+        """Await a concurrent Future completed by the worker thread, inside the executor."""
+        done = self.executor.create_future()
+        # A done callback makes completion (from the worker thread) wake the executor.
+        done.add_done_callback(lambda _: None)
+        future.add_done_callback(lambda _: done.set_result(None))
+        await done
+
+    def _question_job(self, request: AskQuestion.Request) -> QuestionJob:
         s = self.settings
         question = request.question.strip()
         if not question:
@@ -183,16 +232,10 @@ class VlmNode(Node):
             raise AskError(
                 f"max_new_tokens {max_new_tokens} is above the limit {MAX_NEW_TOKENS_LIMIT}"
             )
-
         if len(request.image.data) > 0:
             camera = ""
             try:
-                item = Frame(
-                    image=message_to_rgb(request.image),
-                    stamp_ns=stamp_to_ns(request.image.header.stamp),
-                    frame_id=request.image.header.frame_id,
-                    received_at=time.monotonic(),
-                )
+                item = ReceivedImage("", request.image, time.monotonic()).to_frame()
             except ImageDecodeError as err:
                 raise AskError(f"the request's image: {err}") from err
         else:
@@ -206,22 +249,31 @@ class VlmNode(Node):
             item = self.scheduler.latest(camera)
             if item is None:
                 raise AskError(f"no image received yet on {camera}")
-
-        job = QuestionJob(
-            camera=camera, item=item, question=question, max_new_tokens=max_new_tokens
+        return QuestionJob(
+            camera=camera,
+            item=item,
+            question=question,
+            max_new_tokens=max_new_tokens,
+            deadline=time.monotonic() + s.ask_timeout_s,
         )
+
+    def _answer_of(self, future) -> Result:
+        timeout = f"no answer within ask_timeout_s = {self.settings.ask_timeout_s} s"
         try:
-            future = self.scheduler.ask(job)
-        except SchedulerFull as err:
-            raise AskError(f"node is busy: {err}; try again later") from err
-        except RuntimeError as err:
+            result = future.result()
+        except DeadlineExceeded:
+            raise AskError(timeout) from None
+        except ImageDecodeError as err:
+            raise AskError(f"the camera's latest image: {err}") from err
+        except RuntimeError as err:  # e.g. the node is shutting down
             raise AskError(str(err)) from err
-        try:
-            return future.result(timeout=s.ask_timeout_s)
-        except FutureTimeout:
-            raise AskError(f"no answer within ask_timeout_s = {s.ask_timeout_s} s") from None
         except Exception as err:  # the worker's failure, passed on to the caller
             raise AskError(f"inference failed: {err}") from err
+        if result.finish_reason == FINISH_DEADLINE:
+            raise AskError(timeout)
+        if result.finish_reason == FINISH_CANCELLED:
+            raise AskError("the node is shutting down")
+        return result
 
     # -- worker ----------------------------------------------------------------------------
 
@@ -230,37 +282,23 @@ class VlmNode(Node):
             job = self.scheduler.next_job(timeout=0.5)
             if job is None:
                 continue
-            try:
-                frame = job.item if isinstance(job.item, Frame) else job.item.to_frame()
-                if isinstance(job, QuestionJob):
-                    result = self.engine.ask(
-                        frame,
-                        job.question,
-                        max_new_tokens=job.max_new_tokens,
-                        should_stop=self._stop.is_set,
-                    )
-                else:
-                    result = self.engine.caption(
-                        frame,
-                        self.settings.caption_prompt,
-                        max_new_tokens=self.settings.max_new_tokens,
-                        should_stop=self._stop.is_set,
-                    )
-            except Exception as err:  # keep serving: one bad frame must not stop the node
-                self.get_logger().error(
-                    f"inference on {job.camera or 'supplied image'} failed: {err}"
-                )
-                if isinstance(job, QuestionJob):
-                    job.future.set_exception(err)
-                continue
+            result = self.runner.run(job)
             if self._stop.is_set():  # cut short by shutdown: not a real result
-                if isinstance(job, QuestionJob):
-                    job.future.set_exception(RuntimeError("the node is shutting down"))
                 break
-            if isinstance(job, CaptionJob):
+            if result is not None and not isinstance(job, QuestionJob):
                 self.caption_pub.publish(to_caption(result))
-            else:
-                job.future.set_result(result)
+
+    def _publish_diagnostics(self) -> None:
+        self.diagnostics_pub.publish(
+            diagnostics(
+                self.get_fully_qualified_name(),
+                self.get_clock().now().to_msg(),
+                self.scheduler.stats(),
+                self._ros_seconds(),
+                self.engine,
+                self.scheduler.pending_questions(),
+            )
+        )
 
     def destroy_node(self) -> None:
         """Stop the worker (cutting its generation short) before tearing down ROS handles."""
@@ -269,3 +307,20 @@ class VlmNode(Node):
             self.scheduler.close()
             self._worker.join()
         super().destroy_node()
+
+
+def _numbers(name: str, value: Any, default: Any) -> Any:
+    """A float, or a tuple of floats, from what the parameter file gave (ints included)."""
+
+    def number(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise SettingsError(f"{name} must be a number, got {value!r}")
+        return float(v)
+
+    if isinstance(default, float):
+        return number(value)
+    if value is None:
+        return default
+    if not isinstance(value, list | tuple):
+        raise SettingsError(f"{name} must be a list of numbers, got {value!r}")
+    return tuple(number(v) for v in value)

@@ -2,23 +2,35 @@
 
 Cameras publish at 15-60 Hz; the model handles a frame every few hundred milliseconds at best.
 So each camera keeps only its latest frame (a newer one replaces an unprocessed older one: memory
-is bounded and the model never works on a stale backlog), captions are paced per camera, cameras
-take turns, and on-demand questions jump ahead of periodic captions.
+is bounded and the model never works through a stale backlog), captions are paced per camera,
+cameras share the model fairly (weighted by priority), frames older than a maximum age are
+dropped rather than described, and on-demand questions jump ahead of periodic captions. Every
+frame that is not captioned is counted with the reason.
 
-Plain Python, no ROS: the node, replay and tests drive it with their own clock.
+Plain Python, no ROS. Time comes from ``clock`` (seconds): ROS time in the node, so that
+``use_sim_time`` replays decide exactly like live runs; the bag's time in replay; a hand-driven
+clock in tests. Frame stamps are in the same clock's seconds.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 Clock = Callable[[], float]
+
+# Why a received frame was not captioned.
+SUPERSEDED = "superseded"  # a newer frame replaced it first (the caption rate or the model)
+STALE = "stale"  # older than max_frame_age_s when its turn came
+UNCHANGED = "unchanged"  # the scene barely changed since the last caption (change gating)
+DECODE_ERROR = "decode_error"  # the message could not be decoded
+INFERENCE_ERROR = "inference_error"  # the model failed on it
+DROP_REASONS = (SUPERSEDED, STALE, UNCHANGED, DECODE_ERROR, INFERENCE_ERROR)
 
 
 @dataclass
@@ -26,8 +38,30 @@ class CameraStats:
     """Counters for one camera since start."""
 
     received: int = 0
-    replaced: int = 0  # frames overwritten by a newer one before the model got to them
     captioned: int = 0
+    dropped: Counter = field(default_factory=Counter)  # reason -> frames
+    last_stamp: float | None = None  # stamp of the newest frame received (clock seconds)
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """How one camera is scheduled."""
+
+    name: str
+    caption_rate_hz: float = 1.0  # at most; 0: no periodic captions (questions only)
+    priority: float = 1.0  # share of the model when cameras compete: 2 gets twice 1's turns
+
+    def validate(self) -> CameraConfig:
+        if not self.name:
+            raise ValueError("a camera needs a name")
+        if self.caption_rate_hz < 0:
+            raise ValueError(
+                f"{self.name}: caption rate must be >= 0 (0 = no captions), "
+                f"got {self.caption_rate_hz}"
+            )
+        if self.priority <= 0:
+            raise ValueError(f"{self.name}: priority must be > 0, got {self.priority}")
+        return self
 
 
 @dataclass
@@ -39,6 +73,14 @@ class CaptionJob:
 
 
 @dataclass
+class MosaicJob:
+    """Caption the latest frames of several cameras together (mosaic mode)."""
+
+    cameras: list[str]
+    items: list[Any]
+
+
+@dataclass
 class QuestionJob:
     """Answer ``question`` about ``item``; the answer (or an exception) goes to ``future``."""
 
@@ -46,7 +88,11 @@ class QuestionJob:
     item: Any
     question: str
     max_new_tokens: int
+    deadline: float | None = None  # time.monotonic() by which the answer must be done
     future: Future = field(default_factory=Future)
+
+
+Job = CaptionJob | MosaicJob | QuestionJob
 
 
 class SchedulerFull(RuntimeError):
@@ -55,15 +101,18 @@ class SchedulerFull(RuntimeError):
 
 @dataclass
 class _Camera:
+    config: CameraConfig
     period_s: float  # seconds between captions; 0 = captions off for this camera
     latest: Any = None
-    fresh: bool = False  # latest has not been captioned yet
+    latest_stamp: float = 0.0
+    fresh: bool = False  # latest has not been captioned (nor dropped) yet
     next_due: float = float("-inf")
+    pass_value: float = 0.0  # stride scheduling: the lowest pass goes next
     stats: CameraStats = field(default_factory=CameraStats)
 
 
 class FrameScheduler:
-    """Latest-wins frame slots per camera, caption pacing, round-robin, questions first.
+    """Latest-wins frame slots per camera, pacing, weighted turns, age limit, questions first.
 
     Thread-safe: producers call :meth:`offer` / :meth:`ask` from any thread, one worker calls
     :meth:`next_job`.
@@ -71,25 +120,34 @@ class FrameScheduler:
 
     def __init__(
         self,
-        cameras: list[str],
-        caption_rate_hz: float,
+        cameras: Sequence[CameraConfig],
+        max_frame_age_s: float = 0.0,
+        mosaic: bool = False,
+        mosaic_rate_hz: float = 1.0,
         max_pending_questions: int = 8,
         clock: Clock = time.monotonic,
     ) -> None:
         if not cameras:
             raise ValueError("at least one camera is needed")
-        if len(set(cameras)) != len(cameras):
-            raise ValueError(f"cameras are listed twice: {cameras}")
-        if caption_rate_hz < 0:
-            raise ValueError(
-                f"caption_rate_hz must be >= 0 (0 = no captions), got {caption_rate_hz}"
-            )
+        names = [c.name for c in cameras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"cameras are listed twice: {names}")
+        if max_frame_age_s < 0:
+            raise ValueError(f"max_frame_age_s must be >= 0 (0 = no limit), got {max_frame_age_s}")
+        if mosaic_rate_hz < 0:
+            raise ValueError(f"mosaic rate must be >= 0, got {mosaic_rate_hz}")
         if max_pending_questions < 1:
             raise ValueError(f"max_pending_questions must be >= 1, got {max_pending_questions}")
-        period = 1.0 / caption_rate_hz if caption_rate_hz > 0 else 0.0
-        self._cameras = {name: _Camera(period_s=period) for name in cameras}
-        self._order = list(cameras)
-        self._turn = 0  # index in _order of the camera whose turn it is
+        self._cameras = {
+            c.name: _Camera(c.validate(), 1.0 / c.caption_rate_hz if c.caption_rate_hz else 0.0)
+            for c in cameras
+        }
+        self._order = names
+        self._max_age = max_frame_age_s
+        self._mosaic = mosaic
+        self._mosaic_period = 1.0 / mosaic_rate_hz if mosaic_rate_hz else 0.0
+        self._mosaic_due = float("-inf")
+        self._virtual_time = 0.0
         self._questions: deque[QuestionJob] = deque()
         self._max_questions = max_pending_questions
         self._clock = clock
@@ -100,25 +158,21 @@ class FrameScheduler:
     def cameras(self) -> list[str]:
         return list(self._order)
 
-    def offer(self, camera: str, item: Any) -> None:
-        """A new frame from ``camera``: it replaces the previous one."""
+    def now(self) -> float:
+        return self._clock()
+
+    # -- producers -----------------------------------------------------------------------------
+
+    def offer(self, camera: str, item: Any, stamp: float) -> None:
+        """A new frame from ``camera`` (source stamp in clock seconds): it replaces the last."""
         with self._cond:
             cam = self._cameras[camera]
             cam.stats.received += 1
-            if cam.fresh and cam.period_s > 0:
-                cam.stats.replaced += 1
-            cam.latest = item
-            cam.fresh = True
+            cam.stats.last_stamp = stamp
+            if cam.fresh and self._captions_on(cam):
+                cam.stats.dropped[SUPERSEDED] += 1
+            cam.latest, cam.latest_stamp, cam.fresh = item, stamp, True
             self._cond.notify()
-
-    def latest(self, camera: str) -> Any:
-        """The camera's newest frame (captioned or not), or None before the first one."""
-        with self._cond:
-            return self._cameras[camera].latest
-
-    def stats(self) -> dict[str, CameraStats]:
-        with self._cond:
-            return {name: CameraStats(**vars(cam.stats)) for name, cam in self._cameras.items()}
 
     def ask(self, job: QuestionJob) -> Future:
         """Queue a question ahead of all captions; :class:`SchedulerFull` when at capacity."""
@@ -133,14 +187,53 @@ class FrameScheduler:
             self._cond.notify()
         return job.future
 
-    def next_job(self, timeout: float | None = None) -> CaptionJob | QuestionJob | None:
+    def record_drop(self, camera: str, reason: str, count: int = 1) -> None:
+        """The worker did not caption a frame it was given (unchanged scene, decode error...)."""
+        if reason not in DROP_REASONS:
+            raise ValueError(f"unknown drop reason {reason!r}")
+        with self._cond:
+            cam = self._cameras[camera]
+            cam.stats.dropped[reason] += count
+            cam.stats.captioned -= count  # it was counted as captioned when handed out
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def latest(self, camera: str) -> Any:
+        """The camera's newest frame (captioned or not), or None before the first one."""
+        with self._cond:
+            return self._cameras[camera].latest
+
+    def latest_stamp(self, camera: str) -> float | None:
+        with self._cond:
+            cam = self._cameras[camera]
+            return cam.latest_stamp if cam.latest is not None else None
+
+    def stats(self) -> dict[str, CameraStats]:
+        with self._cond:
+            return {
+                name: CameraStats(
+                    cam.stats.received,
+                    cam.stats.captioned,
+                    Counter(cam.stats.dropped),
+                    cam.stats.last_stamp,
+                )
+                for name, cam in self._cameras.items()
+            }
+
+    def pending_questions(self) -> int:
+        with self._cond:
+            return len(self._questions)
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    def next_job(self, timeout: float | None = None) -> Job | None:
         """The next piece of work, waiting up to ``timeout`` seconds; None on timeout or close."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while not self._closed:
                 if self._questions:
                     return self._questions.popleft()
-                job, wait_s = self._next_caption()
+                job, wait_s = self._next_mosaic() if self._mosaic else self._next_caption()
                 if job is not None:
                     return job
                 if deadline is not None:
@@ -148,34 +241,73 @@ class FrameScheduler:
                     if remaining <= 0:
                         return None
                     wait_s = remaining if wait_s is None else min(wait_s, remaining)
-                self._cond.wait(wait_s)
+                # Waits are in real seconds; with simulated time the clock may run at another
+                # pace, so never sleep long before looking again.
+                self._cond.wait(None if wait_s is None else min(wait_s, 0.5))
             return None
 
+    def _captions_on(self, cam: _Camera) -> bool:
+        return self._mosaic_period > 0 if self._mosaic else cam.period_s > 0
+
+    def _drop_if_stale(self, cam: _Camera, now: float) -> bool:
+        if self._max_age and cam.fresh and now - cam.latest_stamp > self._max_age:
+            cam.fresh = False
+            cam.stats.dropped[STALE] += 1
+            return True
+        return False
+
     def _next_caption(self) -> tuple[CaptionJob | None, float | None]:
-        """A due caption, taking cameras in turn; else how long until one may be due."""
+        """The due camera with the lowest pass (weighted fair turns); else how long to wait."""
         now = self._clock()
+        best: _Camera | None = None
         soonest: float | None = None
-        n = len(self._order)
-        for offset in range(n):
-            index = (self._turn + offset) % n
-            name = self._order[index]
+        for name in self._order:
             cam = self._cameras[name]
-            if not cam.fresh or cam.period_s <= 0:
+            if not cam.fresh or cam.period_s <= 0 or self._drop_if_stale(cam, now):
                 continue
-            if cam.next_due <= now:
-                cam.fresh = False
+            if cam.next_due > now:
+                wait = cam.next_due - now
+                soonest = wait if soonest is None else min(soonest, wait)
+                continue
+            if best is None or max(cam.pass_value, self._virtual_time) < max(
+                best.pass_value, self._virtual_time
+            ):
+                best = cam
+        if best is None:
+            return None, soonest
+        # A camera that sat idle does not bank turns: it rejoins at the current virtual time.
+        best.pass_value = max(best.pass_value, self._virtual_time)
+        self._virtual_time = best.pass_value
+        best.pass_value += 1.0 / best.config.priority
+        best.next_due = _next_due(best.next_due, best.period_s, now)
+        best.fresh = False
+        best.stats.captioned += 1
+        return CaptionJob(camera=best.config.name, item=best.latest), None
+
+    def _next_mosaic(self) -> tuple[MosaicJob | None, float | None]:
+        """All cameras' latest (non-stale) frames together, at the mosaic rate."""
+        now = self._clock()
+        if self._mosaic_period <= 0:
+            return None, None
+        cams = [self._cameras[n] for n in self._order]
+        for cam in cams:
+            self._drop_if_stale(cam, now)
+        if not any(cam.fresh for cam in cams):
+            return None, None
+        if self._mosaic_due > now:
+            return None, self._mosaic_due - now
+        self._mosaic_due = _next_due(self._mosaic_due, self._mosaic_period, now)
+        chosen = [
+            cam
+            for cam in cams
+            if cam.latest is not None
+            and not (self._max_age and now - cam.latest_stamp > self._max_age)
+        ]
+        for cam in chosen:
+            if cam.fresh:
                 cam.stats.captioned += 1
-                # Pace from when it was due (not from now) so the rate holds on average; after a
-                # stall longer than a period, restart from now instead of bursting to catch up.
-                if now - cam.next_due > cam.period_s:
-                    cam.next_due = now + cam.period_s
-                else:
-                    cam.next_due += cam.period_s
-                self._turn = (index + 1) % n
-                return CaptionJob(camera=name, item=cam.latest), None
-            wait = cam.next_due - now
-            soonest = wait if soonest is None else min(soonest, wait)
-        return None, soonest
+            cam.fresh = False
+        return MosaicJob([c.config.name for c in chosen], [c.latest for c in chosen]), None
 
     def close(self) -> None:
         """Wake the worker and refuse new work; waiting questions get a RuntimeError."""
@@ -186,3 +318,9 @@ class FrameScheduler:
                 if not job.future.done():
                     job.future.set_exception(RuntimeError("the node is shutting down"))
             self._cond.notify_all()
+
+
+def _next_due(due: float, period: float, now: float) -> float:
+    """Pace from when a caption was due, not from when it ran, so the rate holds on average;
+    after a stall longer than a period, restart from now instead of bursting to catch up."""
+    return now + period if now - due > period else due + period
