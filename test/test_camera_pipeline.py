@@ -30,15 +30,8 @@ def start(ros, tmp_path, **params) -> NodeProcess:
     node = NodeProcess(
         tmp_path, {"model": "random:tiny", "device": "cpu", "max_new_tokens": 3, **params}
     )
-    ready = wait_for(
-        lambda: (
-            ros.node.count_subscribers(node.topic("caption")) >= 0
-            and node.proc.poll() is None
-            and "listening on" in node.log
-        ),
-        120,
-    )
-    assert ready, node.log
+    wait_for(lambda: node.proc.poll() is not None or "listening on" in node.log, 120)
+    assert node.proc.poll() is None and "listening on" in node.log, node.log
     return node
 
 
@@ -262,7 +255,7 @@ ODD_ENCODINGS = {
 
 
 def test_the_node_captions_unusual_encodings(ros, tmp_path, photos):
-    topics = {encoding: f"/{encoding.lower()}/image_raw" for encoding in ODD_ENCODINGS}
+    topics = {encoding: f"/cam_{encoding.lower()}/image_raw" for encoding in ODD_ENCODINGS}
     node = start(ros, tmp_path, image_topics=list(topics.values()), caption_rate_hz=10.0)
     messages = {}
     for encoding, make in ODD_ENCODINGS.items():

@@ -173,6 +173,8 @@ def test_integer_accepted_for_a_float_parameter(ros, tmp_path):
         ({"model": "random:huge"}, "unknown model shape 'huge'"),
         ({"device": "tpu"}, "device 'tpu': expected one of auto, cpu, cuda"),
         ({"max_tiles": -1}, "max_tiles -1: expected 0 (no limit) or more"),
+        ({"image_topics": ["/9cam/image"]}, "image_topics: '/9cam/image' is not a valid topic"),
+        ({"camera_priorities": [1.0, 2.0]}, "camera_priorities has 2 values for 1 image_topics"),
         ({"max_new_tokens": "many"}, "start-up failed"),
         ({"caption_rate_hz": "fast"}, "caption_rate_hz must be a number, got 'fast'"),
         ({"caption_rate": 2.0}, "unknown parameter(s) caption_rate; known: image_topics"),

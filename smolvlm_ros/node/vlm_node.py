@@ -17,6 +17,7 @@ from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -77,6 +78,20 @@ class VlmNode(Node):
         super().__init__(node_name, **kwargs)
         self.settings = self._read_settings()
         s = self.settings
+        # Cameras are named by their resolved topic (after namespace and remapping), as
+        # `ros2 topic list` shows them; ~/ask also accepts the names as configured.
+        self._camera_aliases: dict[str, str] = {}
+        cameras = []
+        for topic in s.image_topics:
+            try:
+                resolved = self.resolve_topic_name(topic)
+            except RCLError as err:
+                raise SettingsError(
+                    f"image_topics: {topic!r} is not a valid topic name ({err})"
+                ) from None
+            self._camera_aliases[topic] = resolved
+            self._camera_aliases[resolved] = resolved
+            cameras.append(resolved)
         self.get_logger().info(f"loading model {s.model!r} (device={s.device}, dtype={s.dtype})")
         self.engine = Engine.from_config(
             EngineConfig(model=s.model, device=s.device, dtype=s.dtype, tiling=s.tiling())
@@ -89,15 +104,6 @@ class VlmNode(Node):
         backend = self.engine.backend
         self.get_logger().info(f"model ready on {backend.name}/{backend.device} ({backend.dtype})")
 
-        # Cameras are named by their resolved topic (after namespace and remapping), as
-        # `ros2 topic list` shows them; ~/ask also accepts the names as configured.
-        self._camera_aliases: dict[str, str] = {}
-        cameras = []
-        for topic in s.image_topics:
-            resolved = self.resolve_topic_name(topic)
-            self._camera_aliases[topic] = resolved
-            self._camera_aliases[resolved] = resolved
-            cameras.append(resolved)
         self.default_camera = cameras[0]
         self.scheduler = FrameScheduler(
             s.camera_configs(cameras),
