@@ -136,7 +136,9 @@ def test_30hz_camera_at_1hz_gives_a_caption_a_second_of_the_newest_frame(ros, tm
 
 def test_two_cameras_alternate_fairly(ros, tmp_path, photos):
     topics = ["/left/image_raw", "/right/image_raw"]
-    node = start(ros, tmp_path, image_topics=topics, caption_rate_hz=100.0)
+    # Captions of 16 tokens take longer than a 30 Hz frame period, so both cameras always have
+    # a fresh frame waiting: the model is the bottleneck, and fairness decides every turn.
+    node = start(ros, tmp_path, image_topics=topics, caption_rate_hz=100.0, max_new_tokens=16)
     try:
         captions = Collector(ros, node.topic("caption"))
         with (
