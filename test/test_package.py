@@ -40,6 +40,8 @@ def test_interfaces_have_the_documented_fields():
         "camera": "string",
         "image": "sensor_msgs/Image",
         "max_new_tokens": "uint32",
+        "max_age_s": "double",
+        "timeout_s": "double",
     }
     assert AskQuestion.Response.get_fields_and_field_types() == {
         "success": "boolean",

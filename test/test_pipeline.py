@@ -71,12 +71,12 @@ def test_runner_captions_and_drops_with_reasons(tiny_engine, photos):
     scheduler, runner = _runner(tiny_engine, threshold=5.0)
     frame = Frame(photos["coffee"], camera="a", stamp_ns=5)
     scheduler.offer("a", frame, 0.0)
-    result = runner.run(scheduler.next_job(timeout=0))
-    assert result is not None and result.camera == "a" and result.stamp_ns == 5
+    (result,) = runner.run(scheduler.next_job(timeout=0))
+    assert result.camera == "a" and result.stamp_ns == 5
     scheduler.offer("a", frame, 0.0)  # the same scene again
-    assert runner.run(scheduler.next_job(timeout=0)) is None
+    assert runner.run(scheduler.next_job(timeout=0)) == []
     scheduler.offer("b", "garbage", 0.0)
-    assert runner.run(scheduler.next_job(timeout=0)) is None
+    assert runner.run(scheduler.next_job(timeout=0)) == []
     stats = scheduler.stats()
     assert (stats["a"].captioned, stats["a"].dropped[UNCHANGED]) == (1, 1)
     assert (stats["b"].captioned, stats["b"].dropped[DECODE_ERROR]) == (0, 1)
@@ -102,6 +102,18 @@ def test_runner_mosaic_lists_the_cameras(tiny_engine, photos):
     runner = JobRunner(tiny_engine, scheduler, lambda item: item, CaptionSettings(max_new_tokens=2))
     scheduler.offer("/front", Frame(photos["astronaut"], camera="/front", stamp_ns=3), 0.0)
     scheduler.offer("/rear", Frame(photos["coffee"], camera="/rear", stamp_ns=9, frame_id="r"), 0.0)
-    result = runner.run(scheduler.next_job(timeout=0))
+    (result,) = runner.run(scheduler.next_job(timeout=0))
     assert result.camera == "/front,/rear"
     assert (result.stamp_ns, result.frame_id) == (9, "r")  # the newest frame's
+
+
+def test_runner_answers_standing_questions_about_each_captioned_frame(tiny_engine, photos):
+    scheduler, runner = _runner(tiny_engine)
+    runner.captions = CaptionSettings(max_new_tokens=2, questions=("Is it open?", "Any people?"))
+    tiny_engine.clear_cache()
+    scheduler.offer("a", Frame(photos["coffee"], camera="a", stamp_ns=11), 0.0)
+    caption, *answers = runner.run(scheduler.next_job(timeout=0))
+    assert caption.kind == "caption"
+    assert [a.prompt for a in answers] == ["Is it open?", "Any people?"]
+    assert all(a.kind == "answer" and a.stamp_ns == 11 and a.camera == "a" for a in answers)
+    assert all(a.reused_encoding for a in answers)  # one vision pass for caption and answers

@@ -17,6 +17,19 @@ MAX_NEW_TOKENS_LIMIT = 4096
 QOS_RELIABILITY = ("best_effort", "reliable")
 # Parameters that are lists of numbers (YAML may write them as integers).
 NUMBER_LISTS = ("camera_rates_hz", "camera_priorities")
+STRING_LISTS = ("questions",)
+# What may change while the node runs (`ros2 param set`); the rest needs a restart (a new model,
+# device, topics or tiling is a new node).
+LIVE = (
+    "caption_rate_hz",
+    "camera_rates_hz",
+    "caption_prompt",
+    "questions",
+    "max_new_tokens",
+    "max_frame_age_s",
+    "change_threshold",
+    "ask_timeout_s",
+)
 
 
 class SettingsError(ValueError):
@@ -45,6 +58,7 @@ class NodeSettings:
     qos_reliability: str = "best_effort"
     qos_depth: int = 5
     caption_prompt: str = DEFAULT_CAPTION_PROMPT
+    questions: tuple[str, ...] = ()
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     ask_timeout_s: float = 30.0
     max_pending_questions: int = 8
@@ -97,6 +111,8 @@ class NodeSettings:
             )
         if self.qos_depth < 1:
             raise SettingsError(f"qos_depth {self.qos_depth}: expected at least 1")
+        if any(not q.strip() for q in self.questions):
+            raise SettingsError("questions: a standing question is empty")
         if not self.caption_prompt.strip():
             raise SettingsError("caption_prompt is empty")
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
@@ -135,6 +151,20 @@ class NodeSettings:
         )
 
 
+# Ranges shown by `ros2 param describe` and enforced by ROS on every set.
+RANGES: dict[str, tuple[float, float]] = {
+    "image_longest_edge": (0, 8192),
+    "max_tiles": (0, 1024),
+    "max_image_tokens": (0, 1_000_000),
+    "caption_rate_hz": (0.0, 1000.0),
+    "max_frame_age_s": (0.0, 86400.0),
+    "change_threshold": (0.0, 255.0),
+    "qos_depth": (1, 1000),
+    "max_new_tokens": (1, MAX_NEW_TOKENS_LIMIT),
+    "ask_timeout_s": (0.001, 86400.0),
+    "max_pending_questions": (1, 1000),
+}
+
 DESCRIPTIONS = {
     "image_topics": "Camera topics; names ending in /compressed are CompressedImage, others Image.",
     "model": "Hugging Face hub id, local checkpoint directory, or random:<tiny|256m|500m|2b>.",
@@ -154,6 +184,7 @@ DESCRIPTIONS = {
     "qos_reliability": "Image subscriptions: best_effort (sensor data, default) or reliable.",
     "qos_depth": "Image subscriptions' queue depth (only the newest frame is used).",
     "caption_prompt": "The instruction sent with each frame to caption.",
+    "questions": "Standing questions answered about every captioned frame, on ~/answer.",
     "max_new_tokens": f"Longest caption or answer, in tokens (1-{MAX_NEW_TOKENS_LIMIT}).",
     "ask_timeout_s": "How long ~/ask waits for its answer before failing.",
     "max_pending_questions": "~/ask requests that may wait at once; more are refused.",

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy._rclpy_pybind11 import RCLError
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
 from smolvlm_ros.engine import (
+    CAPTION,
     FINISH_CANCELLED,
     FINISH_DEADLINE,
     DeadlineExceeded,
@@ -32,13 +35,16 @@ from smolvlm_ros.engine import (
     Frame,
     Result,
 )
-from smolvlm_ros.msg import Caption
-from smolvlm_ros.node.diagnostics import diagnostics
+from smolvlm_ros.msg import Caption, VqaAnswer
+from smolvlm_ros.node.diagnostics import LatencyWindow, diagnostics
 from smolvlm_ros.node.messages import stamp_to_ns, to_caption, to_vqa_answer
 from smolvlm_ros.node.settings import (
     DESCRIPTIONS,
+    LIVE,
     MAX_NEW_TOKENS_LIMIT,
     NUMBER_LISTS,
+    RANGES,
+    STRING_LISTS,
     NodeSettings,
     SettingsError,
 )
@@ -118,13 +124,16 @@ class VlmNode(Node):
             self.engine,
             self.scheduler,
             to_frame=ReceivedImage.to_frame,
-            captions=CaptionSettings(s.caption_prompt, s.max_new_tokens),
+            captions=CaptionSettings(s.caption_prompt, s.max_new_tokens, s.questions),
             change_gate=ChangeGate(s.change_threshold),
             should_stop=self._stop.is_set,
             warn=lambda text: self.get_logger().warn(text, throttle_duration_sec=5.0),
         )
 
+        self.latency = LatencyWindow()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.caption_pub = self.create_publisher(Caption, "~/caption", 10)
+        self.answer_pub = self.create_publisher(VqaAnswer, "~/answer", 10)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         image_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
@@ -143,7 +152,11 @@ class VlmNode(Node):
                 lambda msg, camera=camera: self._on_image(camera, msg),
                 image_qos,
             )
-        self.ask_srv = self.create_service(AskQuestion, "~/ask", self._on_ask)
+        # Reentrant: an awaiting ~/ask holds its callback group until answered; in the node's
+        # default (mutually exclusive) group it would hold up every other request and camera.
+        self.ask_srv = self.create_service(
+            AskQuestion, "~/ask", self._on_ask, callback_group=ReentrantCallbackGroup()
+        )
         # On the steady clock: diagnostics keep coming when a replay's /clock pauses.
         self.create_timer(
             1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME)
@@ -166,22 +179,25 @@ class VlmNode(Node):
         defaults = NodeSettings()
         values = {}
         for field in fields(NodeSettings):
-            default = getattr(defaults, field.name)
-            numeric = isinstance(default, float) or field.name in NUMBER_LISTS
+            name, default = field.name, getattr(defaults, field.name)
+            numeric = isinstance(default, float) or name in NUMBER_LISTS
             descriptor = ParameterDescriptor(
-                description=DESCRIPTIONS[field.name],
-                # Not reconfigurable while running (yet): refuse changes rather than ignore them.
-                read_only=True,
+                description=DESCRIPTIONS[name],
+                read_only=name not in LIVE,  # model, device, topics, tiling: restart the node
                 # YAML writes `2` or `[1, 2]` for these: accept integers for float parameters.
                 dynamic_typing=numeric,
             )
-            initial = None if field.name in NUMBER_LISTS else default
-            if isinstance(initial, tuple):
-                initial = list(initial)
-            value = self.declare_parameter(field.name, initial, descriptor).value
-            if numeric:
-                value = _numbers(field.name, value, default)
-            values[field.name] = tuple(value) if isinstance(value, list) else value
+            if name in RANGES and not numeric:
+                lo, hi = RANGES[name]
+                descriptor.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=1)]
+            if name in NUMBER_LISTS:
+                initial = None
+            elif name in STRING_LISTS:
+                initial = Parameter.Type.STRING_ARRAY
+            else:
+                initial = list(default) if isinstance(default, tuple) else default
+            value = self.declare_parameter(name, initial, descriptor).value
+            values[name] = _coerce(name, value, default)
         # ROS ignores parameters nobody declares; a typo in a params file must not go unnoticed.
         unknown = sorted(
             name
@@ -192,6 +208,33 @@ class VlmNode(Node):
             known = ", ".join(f.name for f in fields(NodeSettings))
             raise SettingsError(f"unknown parameter(s) {', '.join(unknown)}; known: {known}")
         return NodeSettings(**values).validate()
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Validate and apply live changes (ROS has already refused read-only ones)."""
+        ours = {p.name: p.value for p in params if p.name in LIVE}
+        if not ours:
+            return SetParametersResult(successful=True)
+        try:
+            changes = {
+                name: _coerce(name, value, getattr(self.settings, name))
+                for name, value in ours.items()
+            }
+            settings = replace(self.settings, **changes).validate()
+        except SettingsError as err:
+            return SetParametersResult(successful=False, reason=str(err))
+        self.settings = settings
+        names = self.scheduler.cameras
+        self.scheduler.reconfigure(
+            rates_hz={c.name: c.caption_rate_hz for c in settings.camera_configs(names)},
+            max_frame_age_s=settings.max_frame_age_s,
+            mosaic_rate_hz=settings.caption_rate_hz,
+        )
+        self.runner.captions = CaptionSettings(
+            settings.caption_prompt, settings.max_new_tokens, settings.questions
+        )
+        self.runner.change_gate.threshold = settings.change_threshold
+        self.get_logger().info(f"reconfigured: {', '.join(sorted(ours))}")
+        return SetParametersResult(successful=True)
 
     # -- intake ----------------------------------------------------------------------------
 
@@ -255,16 +298,26 @@ class VlmNode(Node):
             item = self.scheduler.latest(camera)
             if item is None:
                 raise AskError(f"no image received yet on {camera}")
+            if request.max_age_s < 0:
+                raise AskError(f"max_age_s {request.max_age_s} is negative")
+            age = self._ros_seconds() - self.scheduler.latest_stamp(camera)
+            if request.max_age_s and age > request.max_age_s:
+                raise AskError(
+                    f"the latest frame on {camera} is {age:.2f} s old (max_age_s "
+                    f"{request.max_age_s}): is the camera still publishing?"
+                )
+        if request.timeout_s < 0:
+            raise AskError(f"timeout_s {request.timeout_s} is negative")
         return QuestionJob(
             camera=camera,
             item=item,
             question=question,
             max_new_tokens=max_new_tokens,
-            deadline=time.monotonic() + s.ask_timeout_s,
+            deadline=time.monotonic() + (request.timeout_s or s.ask_timeout_s),
         )
 
     def _answer_of(self, future) -> Result:
-        timeout = f"no answer within ask_timeout_s = {self.settings.ask_timeout_s} s"
+        timeout = "no answer in time (timeout_s, or the ask_timeout_s parameter)"
         try:
             result = future.result()
         except DeadlineExceeded:
@@ -288,11 +341,17 @@ class VlmNode(Node):
             job = self.scheduler.next_job(timeout=0.5)
             if job is None:
                 continue
-            result = self.runner.run(job)
+            results = self.runner.run(job)
             if self._stop.is_set():  # cut short by shutdown: not a real result
                 break
-            if result is not None and not isinstance(job, QuestionJob):
-                self.caption_pub.publish(to_caption(result))
+            if isinstance(job, QuestionJob):  # ~/ask answers go to their caller only
+                continue
+            for result in results:
+                self.latency.add(result.timing.total_ms)
+                if result.kind == CAPTION:
+                    self.caption_pub.publish(to_caption(result))
+                else:
+                    self.answer_pub.publish(to_vqa_answer(result))
 
     def _publish_diagnostics(self) -> None:
         self.diagnostics_pub.publish(
@@ -303,6 +362,7 @@ class VlmNode(Node):
                 self._ros_seconds(),
                 self.engine,
                 self.scheduler.pending_questions(),
+                self.latency,
             )
         )
 
@@ -313,6 +373,16 @@ class VlmNode(Node):
             self.scheduler.close()
             self._worker.join()
         super().destroy_node()
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """The parameter's value in the settings' type: floats from ints, tuples from lists,
+    an unset list as its default."""
+    if isinstance(default, float) or name in NUMBER_LISTS:
+        return _numbers(name, value, default)
+    if isinstance(default, tuple):
+        return default if value is None else tuple(value)
+    return value
 
 
 def _numbers(name: str, value: Any, default: Any) -> Any:

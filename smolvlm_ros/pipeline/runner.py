@@ -31,10 +31,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CaptionSettings:
-    """What periodic captions ask (reconfigurable while running)."""
+    """What each captioned frame is asked (reconfigurable while running)."""
 
     prompt: str = DEFAULT_CAPTION_PROMPT
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    # Standing questions, answered about every captioned frame (one vision pass for all).
+    questions: tuple[str, ...] = ()
 
 
 class JobRunner:
@@ -62,13 +64,20 @@ class JobRunner:
         self.should_stop = should_stop
         self.warn = warn
 
-    def run(self, job: Job) -> Result | None:
-        """The job's result; None when the frame was dropped (the reason is counted)."""
+    def run(self, job: Job) -> list[Result]:
+        """The job's results: a caption and the standing questions' answers, or one answer;
+        empty when the frame was dropped (the reason is counted)."""
         if isinstance(job, QuestionJob):
-            return self._answer(job)
-        if isinstance(job, MosaicJob):
-            return self._mosaic(job)
-        return self._caption(job)
+            result = self._answer(job)
+            return [result] if result is not None else []
+        frame_and_cameras = self._mosaic(job) if isinstance(job, MosaicJob) else self._frame(job)
+        if frame_and_cameras is None:
+            return []
+        frame, cameras = frame_and_cameras
+        caption = self._caption_frame(frame, cameras)
+        if caption is None:
+            return []
+        return [caption, *self._standing_answers(frame, cameras)]
 
     def _decode(self, camera: str, item: Any) -> Frame | None:
         try:
@@ -92,16 +101,30 @@ class JobRunner:
             self.warn(f"captioning {', '.join(cameras)} failed: {err}")
             return None
 
-    def _caption(self, job: CaptionJob) -> Result | None:
+    def _standing_answers(self, frame: Frame, cameras: list[str]) -> list[Result]:
+        if not self.captions.questions:
+            return []
+        try:  # the caption left the frame's embeddings in the cache: no second vision pass
+            return self.engine.ask_many(
+                frame,
+                list(self.captions.questions),
+                max_new_tokens=self.captions.max_new_tokens,
+                should_stop=self.should_stop,
+            )
+        except Exception as err:
+            self.warn(f"standing questions about {', '.join(cameras)} failed: {err}")
+            return []
+
+    def _frame(self, job: CaptionJob) -> tuple[Frame, list[str]] | None:
         frame = self._decode(job.camera, job.item)
         if frame is None:
             return None
         if not self.change_gate.admit(job.camera, frame.image):
             self.scheduler.record_drop(job.camera, UNCHANGED)
             return None
-        return self._caption_frame(frame, [job.camera])
+        return frame, [job.camera]
 
-    def _mosaic(self, job: MosaicJob) -> Result | None:
+    def _mosaic(self, job: MosaicJob) -> tuple[Frame, list[str]] | None:
         decoded = [
             (c, self._decode(c, item)) for c, item in zip(job.cameras, job.items, strict=True)
         ]
@@ -116,7 +139,7 @@ class JobRunner:
             frame_id=newest.frame_id,
             received_at=min((f.received_at for _, f in frames if f.received_at), default=None),
         )
-        return self._caption_frame(mosaic, [camera for camera, _ in frames])
+        return mosaic, [camera for camera, _ in frames]
 
     def _answer(self, job: QuestionJob) -> Result | None:
         try:

@@ -196,6 +196,26 @@ class FrameScheduler:
             cam.stats.dropped[reason] += count
             cam.stats.captioned -= count  # it was counted as captioned when handed out
 
+    def reconfigure(
+        self,
+        rates_hz: dict[str, float] | None = None,
+        max_frame_age_s: float | None = None,
+        mosaic_rate_hz: float | None = None,
+    ) -> None:
+        """Change pacing while running (validated values); frames already held are kept."""
+        with self._cond:
+            for name, rate in (rates_hz or {}).items():
+                cam = self._cameras[name]
+                cam.config = CameraConfig(name, rate, cam.config.priority).validate()
+                cam.period_s = 1.0 / rate if rate else 0.0
+                cam.next_due = float("-inf")
+            if max_frame_age_s is not None:
+                self._max_age = max_frame_age_s
+            if mosaic_rate_hz is not None:
+                self._mosaic_period = 1.0 / mosaic_rate_hz if mosaic_rate_hz else 0.0
+                self._mosaic_due = float("-inf")
+            self._cond.notify()
+
     # -- reading -------------------------------------------------------------------------------
 
     def latest(self, camera: str) -> Any:

@@ -1,0 +1,158 @@
+"""The node as planners and operators meet it, over real DDS: standing questions, ~/ask
+priority, saturation, freshness limits, live reconfiguration and diagnostics."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from test_camera_pipeline import Camera, Collector, camera_stats, stamp_ns_of, start, stop
+
+from ros_helpers import RosClient, image_msg, wait_for
+from smolvlm_ros.msg import VqaAnswer
+from smolvlm_ros.srv import AskQuestion
+
+
+@pytest.fixture(scope="module")
+def ros():
+    client = RosClient()
+    yield client
+    client.close()
+
+
+def test_standing_questions_are_answered_with_source_stamps(ros, tmp_path, photos):
+    questions = ["Is the door open?", "Is anyone there?"]
+    node = start(ros, tmp_path, image_topics=["/door/image_raw"], questions=questions)
+    try:
+        captions = Collector(ros, node.topic("caption"))
+        answers = Collector(ros, node.topic("answer"), VqaAnswer)
+        with Camera(ros, "/door/image_raw", photos["coffee"], 15.0) as camera:
+            assert wait_for(lambda: len(answers.items) >= 4, 60), node.log
+        for answer in answers.items:
+            assert answer.question in questions and answer.camera == "/door/image_raw"
+            assert stamp_ns_of(answer) in camera.sent
+        caption_stamps = {stamp_ns_of(c) for c in captions.items}
+        assert {stamp_ns_of(a) for a in answers.items} <= caption_stamps  # same frames
+        assert all(a.provenance.reused_encoding for a in answers.items)
+    finally:
+        stop(node)
+
+
+def test_a_question_is_answered_ahead_of_streaming_captions(ros, tmp_path, photos):
+    topics = ["/a/image_raw", "/b/image_raw"]
+    node = start(ros, tmp_path, image_topics=topics, caption_rate_hz=100.0, max_new_tokens=40)
+    ask = ros.node.create_client(AskQuestion, node.topic("ask"))
+    try:
+        captions = Collector(ros, node.topic("caption"))
+        with (
+            Camera(ros, topics[0], photos["coffee"], 15.0),
+            Camera(ros, topics[1], photos["rocket"], 15.0),
+        ):
+            assert wait_for(lambda: len(captions.items) >= 3, 60), node.log
+            before = len(captions.items)
+            response = ros.call(ask, AskQuestion.Request(question="What is there?"))
+            during = len(captions.items) - before
+        assert response.success, response.error
+        # Both cameras always have a caption due; the question waited for at most the caption
+        # in progress, not behind the queue of due captions.
+        assert during <= 1, during
+    finally:
+        stop(node)
+
+
+def test_saturation_is_refused_with_a_clear_error(ros, tmp_path, photos):
+    # The 256M architecture: each answer takes about a second here (random:tiny answers in
+    # milliseconds, and may end at once with an end token), so the queue really fills up.
+    node = start(
+        ros, tmp_path, model="random:256m", image_topics=["/s/image_raw"], caption_rate_hz=0.0,
+        max_pending_questions=1, max_new_tokens=4,
+    )  # fmt: skip
+    ask = ros.node.create_client(AskQuestion, node.topic("ask"))
+    try:
+        image = image_msg(photos["coffee"][:240, :320].copy(), 1, "cam")
+        assert ask.wait_for_service(timeout_sec=30)
+        futures = [
+            ask.call_async(AskQuestion.Request(question=f"Question {i}?", image=image))
+            for i in range(6)
+        ]
+        assert wait_for(lambda: all(f.done() for f in futures), 120), node.log
+        responses = [f.result() for f in futures]
+        busy = [r for r in responses if not r.success]
+        assert any(r.success for r in responses)  # served, bounded ...
+        assert busy and all(r.error.startswith("node is busy:") for r in busy)  # ... and refused
+    finally:
+        stop(node)
+
+
+def test_ask_refuses_a_frame_older_than_max_age(ros, tmp_path, photos):
+    node = start(ros, tmp_path, image_topics=["/old/image_raw"], caption_rate_hz=0.0)
+    ask = ros.node.create_client(AskQuestion, node.topic("ask"))
+    pub = ros.node.create_publisher(Image, "/old/image_raw", qos_profile_sensor_data)
+    old = image_msg(photos["coffee"][:240, :320].copy(), int((time.time() - 30) * 1e9), "cam")
+    try:
+        probe = AskQuestion.Request(question="Anything?", max_age_s=5.0)
+
+        def refused_as_old() -> bool:
+            pub.publish(old)
+            return "s old (max_age_s 5.0)" in ros.call(ask, probe).error
+
+        assert wait_for(refused_as_old, 30, 0.2), node.log
+        response = ros.call(ask, AskQuestion.Request(question="Anything?"))  # any age
+        assert response.success, response.error
+    finally:
+        stop(node)
+
+
+def _set(ros, node, name: str, value: ParameterValue):
+    client = ros.node.create_client(SetParameters, f"{node.namespace}/smolvlm/set_parameters")
+    request = SetParameters.Request(parameters=[ParameterMsg(name=name, value=value)])
+    return ros.call(client, request).results[0]
+
+
+def test_live_reconfiguration_and_refused_changes(ros, tmp_path, photos):
+    node = start(ros, tmp_path, image_topics=["/live/image_raw"], caption_rate_hz=0.0)
+    try:
+        captions = Collector(ros, node.topic("caption"))
+        with Camera(ros, "/live/image_raw", photos["coffee"], 15.0):
+            time.sleep(1.5)
+            assert captions.items == []  # captions off
+            result = _set(
+                ros, node, "caption_rate_hz",
+                ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=5.0),
+            )  # fmt: skip
+            assert result.successful, result.reason
+            assert wait_for(lambda: len(captions.items) >= 3, 30), node.log
+        prompt = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value="  ")
+        result = _set(ros, node, "caption_prompt", prompt)
+        assert not result.successful and result.reason == "caption_prompt is empty"
+        model = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value="random:256m")
+        result = _set(ros, node, "model", model)
+        assert not result.successful and "read-only" in result.reason
+    finally:
+        stop(node)
+
+
+def test_diagnostics_reflect_a_camera_that_stopped(ros, tmp_path, photos):
+    node = start(ros, tmp_path, image_topics=["/quiet/image_raw"], caption_rate_hz=2.0)
+    try:
+        with Camera(ros, "/quiet/image_raw", photos["coffee"], 15.0):
+            assert wait_for(
+                lambda: camera_stats(ros, node, "/quiet/image_raw")["_message"] == "receiving",
+                30,
+            )
+        assert wait_for(
+            lambda: camera_stats(ros, node, "/quiet/image_raw")["_message"].startswith(
+                "no frames for"
+            ),
+            30,
+            0.5,
+        ), node.log
+        stats = camera_stats(ros, node, "/quiet/image_raw")
+        assert stats["_level"] == str(bytes([1]))  # WARN
+    finally:
+        stop(node)
