@@ -11,7 +11,8 @@ export CMAKE_PREFIX_PATH := $(abspath $(VENV))
 
 DEPS_STAMP := $(VENV)/.deps-installed
 BUILD_STAMP := $(VENV)/.package-built
-SOURCES := CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv scripts/* launch/* config/*) \
+SOURCES := CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv action/*.action) \
+	$(wildcard scripts/* launch/* config/*) \
 	$(shell find smolvlm_ros -name '*.py' 2>/dev/null)
 
 .PHONY: setup demo test test-slow lint format clean

@@ -172,6 +172,7 @@ def test_integer_accepted_for_a_float_parameter(ros, tmp_path):
         ({"image_topics": [""]}, "image_topics must list at least one non-empty topic name"),
         ({"model": "random:huge"}, "unknown model shape 'huge'"),
         ({"device": "tpu"}, "device 'tpu': expected one of auto, cpu, cuda"),
+        ({"backend": "rknn"}, "backend 'rknn': expected one of torch"),
         ({"max_tiles": -1}, "Parameter max_tiles out of range. Min: 0, Max: 1024, value: -1"),
         ({"image_topics": ["/9cam/image"]}, "image_topics: '/9cam/image' is not a valid topic"),
         ({"camera_priorities": [1.0, 2.0]}, "camera_priorities has 2 values for 1 image_topics"),

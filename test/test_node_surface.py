@@ -156,3 +156,67 @@ def test_diagnostics_reflect_a_camera_that_stopped(ros, tmp_path, photos):
         assert stats["_level"] == str(bytes([1]))  # WARN
     finally:
         stop(node)
+
+
+def _send_goal(ros, node, goal, on_feedback):
+    from rclpy.action import ActionClient
+
+    from smolvlm_ros.action import Describe
+
+    client = ActionClient(ros.node, Describe, f"{node.namespace}/smolvlm/describe")
+    assert client.wait_for_server(timeout_sec=30), node.log
+    sent = client.send_goal_async(goal, feedback_callback=lambda m: on_feedback(m.feedback))
+    assert wait_for(sent.done, 30)
+    handle = sent.result()
+    assert handle.accepted
+    return handle
+
+
+def test_describe_streams_partial_text_and_finishes(ros, tmp_path, photos):
+    from smolvlm_ros.action import Describe
+
+    node = start(ros, tmp_path, image_topics=["/d/image_raw"], caption_rate_hz=0.0)
+    try:
+        image = image_msg(photos["astronaut"][:240, :320].copy(), 5, "cam")
+        feedback = []
+        goal = Describe.Goal(prompt="Describe everything.", image=image, max_new_tokens=12)
+        handle = _send_goal(ros, node, goal, feedback.append)
+        result_future = handle.get_result_async()
+        assert wait_for(result_future.done, 60), node.log
+        result = result_future.result().result
+        assert result.success, result.error
+        tokens = result.answer.timing.generated_tokens
+        assert [f.generated_tokens for f in feedback] == list(range(1, tokens + 1))
+        assert feedback[-1].partial_text.strip() == result.answer.answer
+        assert result.answer.question == "Describe everything."
+    finally:
+        stop(node)
+
+
+def test_describe_can_be_cancelled(ros, tmp_path, photos):
+    from action_msgs.msg import GoalStatus
+
+    from smolvlm_ros.action import Describe
+
+    # 256M: generating 200 tokens takes many seconds here, so the cancel lands mid-way.
+    node = start(
+        ros, tmp_path, model="random:256m", image_topics=["/c/image_raw"], caption_rate_hz=0.0
+    )
+    try:
+        image = image_msg(photos["rocket"][:240, :320].copy(), 5, "cam")
+        feedback = []
+        goal = Describe.Goal(image=image, max_new_tokens=200)
+        handle = _send_goal(ros, node, goal, feedback.append)
+        assert wait_for(lambda: len(feedback) >= 3, 60), node.log
+        cancel = handle.cancel_goal_async()
+        assert wait_for(cancel.done, 30)
+        result_future = handle.get_result_async()
+        assert wait_for(result_future.done, 60), node.log
+        wrapped = result_future.result()
+        assert wrapped.status == GoalStatus.STATUS_CANCELED
+        assert wrapped.result.error == "cancelled"
+        generated = wrapped.result.answer.timing.generated_tokens
+        assert 3 <= generated < 200
+        assert wrapped.result.answer.timing.finish_reason == "cancelled"
+    finally:
+        stop(node)

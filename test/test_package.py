@@ -82,6 +82,15 @@ def test_default_config_documents_every_parameter_and_is_valid():
     assert NodeSettings(**params).validate() == NodeSettings()  # the file states the defaults
 
 
+def test_profiles_are_valid_on_top_of_the_defaults():
+    base = yaml.safe_load((REPO / "config" / "vlm.yaml").read_text())["/**"]["ros__parameters"]
+    for name in ("cpu", "gpu"):
+        profile = yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
+        params = {**base, **profile["/**"]["ros__parameters"]}
+        params["image_topics"] = tuple(params["image_topics"])
+        assert NodeSettings(**params).validate().device == ("cpu" if name == "cpu" else "cuda")
+
+
 def test_launch_file_declares_its_arguments():
     """`launch` is not installable here: check the file's structure without running it."""
     source = (REPO / "launch" / "vlm.launch.py").read_text()
@@ -92,7 +101,10 @@ def test_launch_file_declares_its_arguments():
         n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "ARGUMENTS"
     )
     names = {key.value for key in arguments.keys}
-    assert names == {"params_file", "namespace", "model", "device", "image_topic", "use_sim_time"}
+    assert names == {
+        "params_file", "namespace", "profile", "model", "backend", "device", "image_topics",
+        "image_topic", "use_sim_time",
+    }  # fmt: skip
     assert 'executable="vlm_node"' in source and 'package="smolvlm_ros"' in source
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from smolvlm_ros.engine.engine import DEFAULT_CAPTION_PROMPT, DEFAULT_MAX_NEW_TOKENS
+from smolvlm_ros.engine.engine import BACKENDS, DEFAULT_CAPTION_PROMPT, DEFAULT_MAX_NEW_TOKENS
 from smolvlm_ros.engine.tiling import TilingConfig, TilingError
 from smolvlm_ros.models.loading import DEFAULT_MODEL, DEVICES, DTYPES
 from smolvlm_ros.pipeline.scheduler import CameraConfig
@@ -42,6 +42,7 @@ class NodeSettings:
 
     image_topics: tuple[str, ...] = ("/camera/image_raw",)
     model: str = DEFAULT_MODEL
+    backend: str = "torch"
     device: str = "auto"
     dtype: str = "auto"
     image_splitting: bool = False
@@ -74,6 +75,8 @@ class NodeSettings:
             raise SettingsError(
                 "model is empty: give a hub id, a checkpoint directory or random:<shape>"
             )
+        if self.backend not in BACKENDS:
+            raise SettingsError(f"backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
         if self.device not in DEVICES:
             raise SettingsError(f"device {self.device!r}: expected one of {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
@@ -168,6 +171,7 @@ RANGES: dict[str, tuple[float, float]] = {
 DESCRIPTIONS = {
     "image_topics": "Camera topics; names ending in /compressed are CompressedImage, others Image.",
     "model": "Hugging Face hub id, local checkpoint directory, or random:<tiny|256m|500m|2b>.",
+    "backend": "Inference runtime: torch (CPU or CUDA).",
     "device": "auto (CUDA if available, else CPU) | cpu | cuda.",
     "dtype": "auto | float32 | bfloat16 | float16 (auto: bf16 where the hardware has it).",
     "image_splitting": "Split frames into a tile grid (many more tokens, slower).",

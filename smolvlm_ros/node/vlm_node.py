@@ -18,6 +18,7 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy._rclpy_pybind11 import RCLError
+from rclpy.action import ActionServer, CancelResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
@@ -25,6 +26,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
+from smolvlm_ros.action import Describe
 from smolvlm_ros.engine import (
     CAPTION,
     FINISH_CANCELLED,
@@ -100,7 +102,9 @@ class VlmNode(Node):
             cameras.append(resolved)
         self.get_logger().info(f"loading model {s.model!r} (device={s.device}, dtype={s.dtype})")
         self.engine = Engine.from_config(
-            EngineConfig(model=s.model, device=s.device, dtype=s.dtype, tiling=s.tiling())
+            EngineConfig(
+                model=s.model, backend=s.backend, device=s.device, dtype=s.dtype, tiling=s.tiling()
+            )
         )
         if self.engine.is_random:
             self.get_logger().warn(
@@ -160,6 +164,14 @@ class VlmNode(Node):
         # On the steady clock: diagnostics keep coming when a replay's /clock pauses.
         self.create_timer(
             1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME)
+        )
+        self.describe_server = ActionServer(
+            self,
+            Describe,
+            "~/describe",
+            execute_callback=self._execute_describe,
+            cancel_callback=lambda _: CancelResponse.ACCEPT,
+            callback_group=ReentrantCallbackGroup(),
         )
 
         self._worker = threading.Thread(target=self._work, name="smolvlm-worker", daemon=True)
@@ -247,21 +259,54 @@ class VlmNode(Node):
     async def _on_ask(self, request: AskQuestion.Request, response: AskQuestion.Response):
         """Never blocks the executor: the question is queued and the callback awaits it."""
         try:
-            job = self._question_job(request)
-            try:
-                future = self.scheduler.ask(job)
-            except SchedulerFull as err:
-                raise AskError(f"node is busy: {err}; try again later") from err
-            except RuntimeError as err:  # closed: shutting down
-                raise AskError(str(err)) from err
-            await self._wait_for(future)
-            response.answer = to_vqa_answer(self._answer_of(future))
+            job = self._question_job(request, request.question)
+            await self._wait_for(self._submit(job))
+            response.answer = to_vqa_answer(self._answer_of(job.future))
             response.success = True
         except AskError as err:
             response.success = False
             response.error = str(err)
             self.get_logger().warn(f"~/ask refused: {err}")
         return response
+
+    def _submit(self, job: QuestionJob):
+        try:
+            return self.scheduler.ask(job)
+        except SchedulerFull as err:
+            raise AskError(f"node is busy: {err}; try again later") from err
+        except RuntimeError as err:  # closed: shutting down
+            raise AskError(str(err)) from err
+
+    # -- ~/describe (action) ---------------------------------------------------------------
+
+    async def _execute_describe(self, goal_handle) -> Describe.Result:
+        """Like ~/ask, with the text streamed as feedback and cancellation."""
+        goal = goal_handle.request
+        tokens: list[int] = []
+
+        def on_token(token: int) -> None:  # on the worker thread
+            tokens.append(token)
+            text = self.engine.tokenizer.decode(tokens, skip_special_tokens=True)
+            goal_handle.publish_feedback(
+                Describe.Feedback(partial_text=text, generated_tokens=len(tokens))
+            )
+
+        try:
+            job = self._question_job(goal, goal.prompt or self.settings.caption_prompt)
+            job.on_token = on_token
+            job.cancel = lambda: goal_handle.is_cancel_requested
+            await self._wait_for(self._submit(job))
+            if goal_handle.is_cancel_requested:
+                goal_handle.canceled()
+                partial = job.future.result() if job.future.exception() is None else None
+                answer = to_vqa_answer(partial) if partial is not None else VqaAnswer()
+                return Describe.Result(success=False, error="cancelled", answer=answer)
+            answer = to_vqa_answer(self._answer_of(job.future))
+        except AskError as err:
+            goal_handle.abort()
+            return Describe.Result(success=False, error=str(err))
+        goal_handle.succeed()
+        return Describe.Result(success=True, answer=answer)
 
     async def _wait_for(self, future) -> None:
         """Await a concurrent Future completed by the worker thread, inside the executor."""
@@ -271,9 +316,10 @@ class VlmNode(Node):
         future.add_done_callback(lambda _: done.set_result(None))
         await done
 
-    def _question_job(self, request: AskQuestion.Request) -> QuestionJob:
+    def _question_job(self, request: Any, question: str) -> QuestionJob:
+        """A job from an ~/ask request or a ~/describe goal (fields they share)."""
         s = self.settings
-        question = request.question.strip()
+        question = question.strip()
         if not question:
             raise AskError("question is empty")
         max_new_tokens = request.max_new_tokens or s.max_new_tokens
@@ -298,22 +344,24 @@ class VlmNode(Node):
             item = self.scheduler.latest(camera)
             if item is None:
                 raise AskError(f"no image received yet on {camera}")
-            if request.max_age_s < 0:
-                raise AskError(f"max_age_s {request.max_age_s} is negative")
+            max_age_s = getattr(request, "max_age_s", 0.0)
+            if max_age_s < 0:
+                raise AskError(f"max_age_s {max_age_s} is negative")
             age = self._ros_seconds() - self.scheduler.latest_stamp(camera)
-            if request.max_age_s and age > request.max_age_s:
+            if max_age_s and age > max_age_s:
                 raise AskError(
                     f"the latest frame on {camera} is {age:.2f} s old (max_age_s "
-                    f"{request.max_age_s}): is the camera still publishing?"
+                    f"{max_age_s}): is the camera still publishing?"
                 )
-        if request.timeout_s < 0:
-            raise AskError(f"timeout_s {request.timeout_s} is negative")
+        timeout_s = getattr(request, "timeout_s", 0.0)
+        if timeout_s < 0:
+            raise AskError(f"timeout_s {timeout_s} is negative")
         return QuestionJob(
             camera=camera,
             item=item,
             question=question,
             max_new_tokens=max_new_tokens,
-            deadline=time.monotonic() + (request.timeout_s or s.ask_timeout_s),
+            deadline=time.monotonic() + (timeout_s or s.ask_timeout_s),
         )
 
     def _answer_of(self, future) -> Result:
@@ -372,6 +420,7 @@ class VlmNode(Node):
             self._stop.set()
             self.scheduler.close()
             self._worker.join()
+            self.describe_server.destroy()
         super().destroy_node()
 
 

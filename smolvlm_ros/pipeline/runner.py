@@ -79,6 +79,12 @@ class JobRunner:
             return []
         return [caption, *self._standing_answers(frame, cameras)]
 
+    def _stop_check(self, cancel: Callable[[], bool] | None) -> Callable[[], bool] | None:
+        checks = [c for c in (self.should_stop, cancel) if c is not None]
+        if len(checks) < 2:
+            return checks[0] if checks else None
+        return lambda: any(check() for check in checks)
+
     def _decode(self, camera: str, item: Any) -> Frame | None:
         try:
             return item if isinstance(item, Frame) else self.to_frame(item)
@@ -149,7 +155,8 @@ class JobRunner:
                 job.question,
                 max_new_tokens=job.max_new_tokens,
                 deadline=job.deadline,
-                should_stop=self.should_stop,
+                should_stop=self._stop_check(job.cancel),
+                on_token=job.on_token,
             )
         except Exception as err:  # the caller learns why through the future
             job.future.set_exception(err)

@@ -89,6 +89,8 @@ class QuestionJob:
     question: str
     max_new_tokens: int
     deadline: float | None = None  # time.monotonic() by which the answer must be done
+    on_token: Callable[[int], None] | None = None  # streams the answer's tokens
+    cancel: Callable[[], bool] | None = None  # True: stop generating (the caller gave up)
     future: Future = field(default_factory=Future)
 
 
