@@ -32,5 +32,12 @@ setup(
     packages=find_packages(include=["smolvlm_ros", "smolvlm_ros.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"demo": ["scikit-image>=0.22"]},  # the sample photographs
-    entry_points={"console_scripts": ["smolvlm-bench = smolvlm_ros.bench:main"]},
+    entry_points={
+        "console_scripts": [
+            "smolvlm-bench = smolvlm_ros.bench:main",
+            "smolvlm-replay = smolvlm_ros.replay.__main__:main",
+        ]
+    },
+    # The message definitions, for writing Caption / VqaAnswer into bags without ROS.
+    data_files=[("share/smolvlm_ros/msg", sorted(str(p) for p in Path("msg").glob("*.msg")))],
 )

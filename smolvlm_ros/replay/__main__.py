@@ -1,0 +1,127 @@
+"""`smolvlm-replay BAG --out DIR`: replay a rosbag2 through the engine, offline.
+
+    smolvlm-replay drive.mcap_dir --out runs/a --model random:tiny
+    smolvlm-replay drive --out runs/b --mode live --compute-s 2.5 --caption-rate 1.0
+    smolvlm-replay drive --out runs/c --questions "Is the path clear?" "Any people?"
+
+Writes DIR/results.jsonl (one line per caption or answer) and DIR/bag (a rosbag2 with the input
+images and /smolvlm/caption, /smolvlm/answer at their source stamps). Runs are deterministic:
+greedy decoding, and in live mode an emulated compute time instead of a measured one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from smolvlm_ros.engine import DEFAULT_CAPTION_PROMPT, Engine, EngineConfig, TilingConfig
+from smolvlm_ros.models.loading import DEFAULT_MODEL, ModelLoadError
+from smolvlm_ros.pipeline.runner import CaptionSettings
+from smolvlm_ros.replay.outputs import JsonlWriter, ResultBag, result_record
+from smolvlm_ros.replay.run import MODES, ReplayConfig, replay
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="smolvlm-replay",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
+    parser.add_argument("bag", type=Path, help="rosbag2 directory (mcap or sqlite3)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (new)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="as the node's `model` parameter")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16")
+    )
+    parser.add_argument("--topics", nargs="+", default=[], help="image topics (default: all)")
+    parser.add_argument("--mode", choices=MODES, default="every")
+    parser.add_argument("--compute-s", type=float, default=1.0, help="live mode: s per result")
+    parser.add_argument("--caption-rate", type=float, default=1.0, help="live mode: Hz per camera")
+    parser.add_argument("--prompt", default=DEFAULT_CAPTION_PROMPT)
+    parser.add_argument("--questions", nargs="+", default=[], help="standing questions")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--image-splitting", action="store_true")
+    parser.add_argument("--max-frame-age", type=float, default=0.0, help="s; 0: no limit")
+    parser.add_argument("--change-threshold", type=float, default=0.0)
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    args = parser.parse_args(argv)
+    if not (args.bag / "metadata.yaml").is_file():
+        parser.error(f"{args.bag} is not a rosbag2 directory (no metadata.yaml)")
+    if args.out.exists() and any(args.out.iterdir()):
+        parser.error(f"--out {args.out} exists and is not empty: results are never overwritten")
+    if args.max_new_tokens < 1:
+        parser.error("--max-new-tokens must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = ReplayConfig(
+            mode=args.mode,
+            topics=tuple(args.topics),
+            compute_s=args.compute_s,
+            caption_rate_hz=args.caption_rate,
+            max_frame_age_s=args.max_frame_age,
+            change_threshold=args.change_threshold,
+            captions=CaptionSettings(args.prompt, args.max_new_tokens, tuple(args.questions)),
+        ).validate()
+        engine = Engine.from_config(
+            EngineConfig(
+                args.model,
+                device=args.device,
+                dtype=args.dtype,
+                tiling=TilingConfig(image_splitting=args.image_splitting),
+            )
+        )
+    except (ValueError, ModelLoadError) as err:
+        print(f"smolvlm-replay: {err}", file=sys.stderr)
+        return 2
+    if engine.is_random:
+        print(f"note: {args.model} has RANDOM weights: the text is noise", file=sys.stderr)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    jsonl = JsonlWriter(args.out / "results.jsonl")
+    bag = ResultBag(args.out / "bag")
+    started = time.monotonic()
+
+    def on_result(result, publish_ns: int) -> None:
+        jsonl.write(result_record(result, publish_ns))
+        bag.result(result, publish_ns)
+
+    def progress(done: int, total: int) -> None:
+        if not args.quiet and (done % 10 == 0 or done == total):
+            print(f"\r{done}/{total} frames", end="", file=sys.stderr, flush=True)
+
+    try:
+        stats = replay(args.bag, engine, config, on_result, bag.image, progress)
+    except ValueError as err:
+        print(f"\nsmolvlm-replay: {err}", file=sys.stderr)
+        return 2
+    finally:
+        jsonl.close()
+        bag.close()
+    summary = {
+        "bag": str(args.bag),
+        "model": args.model,
+        "mode": args.mode,
+        "frames": stats.frames,
+        "results": stats.results,
+        "wall_s": round(time.monotonic() - started, 2),
+        "cameras": {
+            name: {"received": s.received, "captioned": s.captioned, "dropped": dict(s.dropped)}
+            for name, s in stats.cameras.items()
+        },
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\n{stats.results} results from {stats.frames} frames -> {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Where a replay's results go: results.jsonl and a rosbag2 with the images and the results."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rosbags.rosbag2 import StoragePlugin, Writer
+
+from smolvlm_ros.engine import CAPTION, Result
+from smolvlm_ros.interfaces import typestore_with_our_messages
+
+CAPTION_TOPIC = "/smolvlm/caption"
+ANSWER_TOPIC = "/smolvlm/answer"
+NS = 1_000_000_000
+
+
+def result_record(result: Result, publish_ns: int) -> dict:
+    """One results.jsonl line: what, about which frame, what it said, and what it cost."""
+    return {
+        "kind": result.kind,
+        "camera": result.camera,
+        "stamp": result.stamp_ns,
+        "frame_id": result.frame_id,
+        "published": publish_ns,
+        "question": result.prompt if result.kind != CAPTION else None,
+        "prompt": result.prompt,
+        "text": result.text,
+        "finish_reason": result.finish_reason,
+        "model": result.model,
+        "backend": result.backend,
+        "device": result.device,
+        "dtype": result.dtype,
+        "tiles": [result.tile_rows, result.tile_cols],
+        "timing": asdict(result.timing),
+    }
+
+
+class JsonlWriter:
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("w", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class ResultBag:
+    """A new rosbag2 (mcap): the input image messages as recorded, plus Caption / VqaAnswer
+    messages stamped with their source frames, on the node's topics."""
+
+    def __init__(self, path: Path) -> None:
+        self.typestore = typestore_with_our_messages()
+        self._writer = Writer(path, version=8, storage_plugin=StoragePlugin.MCAP)
+        self._writer.open()
+        self._images: dict[tuple[str, str], Any] = {}
+        self._caption = self._writer.add_connection(
+            CAPTION_TOPIC, "smolvlm_ros/msg/Caption", typestore=self.typestore
+        )
+        self._answer = self._writer.add_connection(
+            ANSWER_TOPIC, "smolvlm_ros/msg/VqaAnswer", typestore=self.typestore
+        )
+
+    def image(self, connection: Any, log_ns: int, raw: bytes) -> None:
+        key = (connection.topic, connection.msgtype)
+        if key not in self._images:
+            self._images[key] = self._writer.add_connection(
+                connection.topic, connection.msgtype, typestore=self.typestore
+            )
+        self._writer.write(self._images[key], log_ns, raw)
+
+    def result(self, result: Result, publish_ns: int) -> None:
+        t = self.typestore.types
+        header = t["std_msgs/msg/Header"](
+            stamp=t["builtin_interfaces/msg/Time"](
+                sec=result.stamp_ns // NS, nanosec=result.stamp_ns % NS
+            ),
+            frame_id=result.frame_id,
+        )
+        provenance = t["smolvlm_ros/msg/Provenance"](
+            model=result.model,
+            backend=result.backend,
+            device=result.device,
+            dtype=result.dtype,
+            prompt=result.prompt,
+            tile_rows=result.tile_rows,
+            tile_cols=result.tile_cols,
+            num_images=result.num_images,
+            tiling_note=result.tiling_note,
+            reused_encoding=result.reused_encoding,
+        )
+        timing = t["smolvlm_ros/msg/Timing"](
+            **asdict(result.timing), finish_reason=result.finish_reason
+        )
+        if result.kind == CAPTION:
+            msg = t["smolvlm_ros/msg/Caption"](
+                header=header, camera=result.camera, text=result.text,
+                provenance=provenance, timing=timing,
+            )  # fmt: skip
+            typename, connection = "smolvlm_ros/msg/Caption", self._caption
+        else:
+            msg = t["smolvlm_ros/msg/VqaAnswer"](
+                header=header, camera=result.camera, question=result.prompt,
+                answer=result.text, provenance=provenance, timing=timing,
+            )  # fmt: skip
+            typename, connection = "smolvlm_ros/msg/VqaAnswer", self._answer
+        self._writer.write(connection, publish_ns, self.typestore.serialize_cdr(msg, typename))
+
+    def close(self) -> None:
+        self._writer.close()

@@ -1,0 +1,176 @@
+"""Drive a bag's image messages through FrameScheduler + JobRunner on the bag's own clock.
+
+Two modes:
+
+- ``every``: every frame is captioned (rates ignored), for evaluating prompts and models.
+- ``live``: emulate the node at a given compute speed: each result occupies the worker for
+  ``compute_s`` seconds of bag time, frames arriving meanwhile replace each other, captions are
+  paced by the caption rate, exactly as the live node's scheduler would decide. Because the
+  compute time is a parameter rather than measured, the run is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rosbags.highlevel import AnyReader
+
+from smolvlm_ros.engine import Engine, Frame, Result
+from smolvlm_ros.pipeline.change import ChangeGate
+from smolvlm_ros.pipeline.intake import message_to_rgb
+from smolvlm_ros.pipeline.runner import CaptionSettings, JobRunner
+from smolvlm_ros.pipeline.scheduler import CameraConfig, CameraStats, FrameScheduler
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+MODES = ("every", "live")
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """How to replay: which topics, which mode, what to ask."""
+
+    mode: str = "every"
+    topics: tuple[str, ...] = ()  # empty: every Image / CompressedImage topic in the bag
+    compute_s: float = 1.0  # live mode: bag seconds each result occupies the worker
+    caption_rate_hz: float = 1.0  # live mode: per camera
+    max_frame_age_s: float = 0.0
+    change_threshold: float = 0.0
+    captions: CaptionSettings = field(default_factory=CaptionSettings)
+
+    def validate(self) -> ReplayConfig:
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if self.compute_s <= 0:
+            raise ValueError(f"compute_s must be > 0, got {self.compute_s}")
+        if self.caption_rate_hz <= 0:
+            raise ValueError(f"caption_rate_hz must be > 0, got {self.caption_rate_hz}")
+        return self
+
+
+@dataclass
+class ReplayStats:
+    """What happened to the bag's frames, per camera."""
+
+    frames: int = 0
+    results: int = 0
+    cameras: dict[str, CameraStats] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BagImage:
+    """An image message from the bag, decoded only if the model uses it."""
+
+    camera: str
+    msg: Any
+    log_ns: int
+
+    def to_frame(self) -> Frame:
+        stamp = self.msg.header.stamp
+        return Frame(
+            image=message_to_rgb(self.msg),
+            camera=self.camera,
+            stamp_ns=stamp.sec * NS + stamp.nanosec,
+            frame_id=self.msg.header.frame_id,
+        )
+
+
+class _BagClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def image_topics(reader: AnyReader, wanted: tuple[str, ...]) -> list:
+    """The bag's image connections, or the requested topics (with a clear error if missing)."""
+    images = [c for c in reader.connections if c.msgtype in IMAGE_TYPES]
+    available = sorted({c.topic for c in images})
+    if not wanted:
+        if not images:
+            raise ValueError("the bag has no sensor_msgs Image or CompressedImage topics")
+        return images
+    missing = [t for t in wanted if t not in available]
+    if missing:
+        raise ValueError(
+            f"topic(s) {', '.join(missing)} not in the bag; its image topics: "
+            f"{', '.join(available) or 'none'}"
+        )
+    return [c for c in images if c.topic in wanted]
+
+
+def replay(
+    bag: Path,
+    engine: Engine,
+    config: ReplayConfig,
+    on_result: Callable[[Result, int], None],
+    on_image: Callable[[Any, int, bytes], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReplayStats:
+    """Replay ``bag``; ``on_result(result, publish_ns)`` gets every caption and answer with the
+    bag time it would have been published at; ``on_image(connection, log_ns, raw)`` every
+    input image message (to copy them into an output bag); ``progress(done, total)``."""
+    config.validate()
+    with AnyReader([Path(bag)]) as reader:
+        connections = image_topics(reader, config.topics)
+        cameras = sorted({c.topic for c in connections})
+        clock = _BagClock()
+        rate = config.caption_rate_hz if config.mode == "live" else 1e9
+        scheduler = FrameScheduler(
+            [CameraConfig(c, rate) for c in cameras],
+            max_frame_age_s=config.max_frame_age_s,
+            clock=clock,
+        )
+        runner = JobRunner(
+            engine,
+            scheduler,
+            to_frame=BagImage.to_frame,
+            captions=config.captions,
+            change_gate=ChangeGate(config.change_threshold),
+        )
+        stats = ReplayStats()
+        busy_until = float("-inf")  # live mode: bag time at which the worker is free again
+
+        def work_until(t: float) -> None:
+            """Let the (emulated) worker take every job it could start before bag time t."""
+            nonlocal busy_until
+            while True:
+                start = max(busy_until, clock.now)
+                if start > t:
+                    return
+                clock.now = start
+                job = scheduler.next_job(timeout=0)
+                if job is None:
+                    return
+                results = runner.run(job)
+                done = start + (config.compute_s if config.mode == "live" else 0.0)
+                for result in results:
+                    on_result(result, round(done * NS))
+                stats.results += len(results)
+                if config.mode == "live":
+                    busy_until = done
+
+        total = sum(c.msgcount for c in connections)
+        for connection, log_ns, raw in reader.messages(connections=connections):
+            t = log_ns / NS
+            work_until(t)
+            clock.now = t
+            msg = reader.deserialize(raw, connection.msgtype)
+            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec / NS
+            scheduler.offer(connection.topic, BagImage(connection.topic, msg, log_ns), stamp)
+            if on_image is not None:
+                on_image(connection, log_ns, raw)
+            stats.frames += 1
+            if config.mode == "every":
+                work_until(t)
+            if progress is not None:
+                progress(stats.frames, total)
+        if config.mode == "live":  # the bag ended: the node would still caption what is due
+            clock.now = max(clock.now, busy_until) + 1.0 / config.caption_rate_hz
+        work_until(float("inf"))
+        stats.cameras = scheduler.stats()
+    return stats

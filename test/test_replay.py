@@ -1,0 +1,132 @@
+"""Offline replay of rosbags of real photographs: outputs, determinism, live emulation, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rosbags.highlevel import AnyReader
+
+from smolvlm_ros.interfaces import typestore_with_our_messages
+from smolvlm_ros.tools.sample_bag import DEMO_CAMERAS, write_sample_bag
+
+REPO = Path(__file__).resolve().parents[1]
+CAMERAS = [c.topic for c in DEMO_CAMERAS]
+
+
+@pytest.fixture(scope="module", params=["mcap", "sqlite3"])
+def bag(request, tmp_path_factory) -> Path:
+    """Two cameras (raw and JPEG), 5 Hz, 3 s: 15 frames each."""
+    path = tmp_path_factory.mktemp(request.param) / "bag"
+    return write_sample_bag(
+        path, DEMO_CAMERAS, rate_hz=5.0, seconds_per_photo=0.6, storage=request.param
+    )
+
+
+def run_replay(bag: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "smolvlm_ros.replay", str(bag), "--out", str(out),
+         "--model", "random:tiny", "--device", "cpu", "--max-new-tokens", "4", "--quiet", *args],
+        capture_output=True, text=True, cwd=REPO, timeout=600, check=False,
+    )  # fmt: skip
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def bag_stamps(bag: Path) -> dict[str, set[int]]:
+    stamps: dict[str, set[int]] = {}
+    with AnyReader([bag]) as reader:
+        for connection, _, raw in reader.messages():
+            msg = reader.deserialize(raw, connection.msgtype)
+            s = msg.header.stamp
+            stamps.setdefault(connection.topic, set()).add(s.sec * 10**9 + s.nanosec)
+    return stamps
+
+
+def test_every_frame_mode_writes_jsonl_and_a_bag(bag, tmp_path):
+    out = tmp_path / "run"
+    done = run_replay(bag, out, "--questions", "Is there a cat?", "Is it outdoors?")
+    assert done.returncode == 0, done.stderr
+    lines = records(out)
+    sources = bag_stamps(bag)
+    captions = [r for r in lines if r["kind"] == "caption"]
+    answers = [r for r in lines if r["kind"] == "answer"]
+    assert len(captions) == 30 and len(answers) == 60  # every frame, two questions each
+    for record in lines:
+        assert record["stamp"] in sources[record["camera"]]  # stamped with its source frame
+        assert record["text"] and record["model"] == "random:tiny"
+        assert record["timing"]["generated_tokens"] >= 1
+    assert {r["question"] for r in answers} == {"Is there a cat?", "Is it outdoors?"}
+
+    typestore = typestore_with_our_messages()
+    with AnyReader([out / "bag"], default_typestore=typestore) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+        assert counts == {
+            CAMERAS[0]: 15, CAMERAS[1]: 15, "/smolvlm/caption": 30, "/smolvlm/answer": 60,
+        }  # fmt: skip
+        connection = next(c for c in reader.connections if c.topic == "/smolvlm/caption")
+        raws = [raw for _, _, raw in reader.messages(connections=[connection])]
+    # the CDR rosbags wrote is what ROS itself reads (ros2 bag play would publish it)
+    from rclpy.serialization import deserialize_message
+
+    from smolvlm_ros.msg import Caption
+
+    first = deserialize_message(bytes(raws[0]), Caption)
+    assert first.text == captions[0]["text"] and first.camera == captions[0]["camera"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 30 and summary["results"] == 90
+
+
+def test_running_twice_gives_identical_results(bag, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        done = run_replay(bag, tmp_path / name, "--topics", CAMERAS[1])
+        assert done.returncode == 0, done.stderr
+        runs.append([(r["camera"], r["stamp"], r["text"]) for r in records(tmp_path / name)])
+    assert runs[0] == runs[1] and len(runs[0]) == 15
+    assert {camera for camera, _, _ in runs[0]} == {CAMERAS[1]}
+
+
+def test_live_emulation_drops_what_the_node_would(bag, tmp_path):
+    out = tmp_path / "live"
+    done = run_replay(bag, out, "--mode", "live", "--compute-s", "0.7", "--caption-rate", "1")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    for stats in summary["cameras"].values():
+        assert stats["received"] == 15
+        assert stats["captioned"] + stats["dropped"]["superseded"] == 15
+        assert 2 <= stats["captioned"] <= 4  # 3 s at 1 Hz, never more than the rate allows
+    lines = records(out)
+    published = [r["published"] for r in lines]
+    assert published == sorted(published)
+    for record in lines:  # each result is published compute-s after its frame was taken
+        assert record["published"] - record["stamp"] >= 0.7e9 - 1
+    again = tmp_path / "live2"
+    assert run_replay(bag, again, "--mode", "live", "--compute-s", "0.7").returncode == 0
+    assert [r["stamp"] for r in records(again)] == [r["stamp"] for r in lines]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--topics", "/nope/image"], "topic(s) /nope/image not in the bag"),
+        (["--mode", "live", "--compute-s", "0"], "compute_s must be > 0"),
+    ],
+)
+def test_bad_arguments_are_explained(bag, tmp_path, args, message):
+    done = run_replay(bag, tmp_path / "x", *args)
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_not_a_bag_and_existing_output_are_refused(bag, tmp_path):
+    done = run_replay(tmp_path, tmp_path / "x")
+    assert done.returncode == 2 and "is not a rosbag2 directory" in done.stderr
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "results.jsonl").write_text("{}\n")
+    done = run_replay(bag, tmp_path / "full")
+    assert done.returncode == 2 and "exists and is not empty" in done.stderr
