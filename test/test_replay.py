@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import sys
@@ -50,7 +51,26 @@ def bag_stamps(bag: Path) -> dict[str, set[int]]:
 
 def test_every_frame_mode_writes_jsonl_and_a_bag(bag, tmp_path):
     out = tmp_path / "run"
-    done = run_replay(bag, out, "--questions", "Is there a cat?", "Is it outdoors?")
+    references = tmp_path / "refs.jsonl"
+    references.write_text(
+        json.dumps({"camera": CAMERAS[0], "frame": 0, "captions": ["an astronaut", "a woman"]})
+        + "\n"
+        + json.dumps({"camera": CAMERAS[1], "frame": 14, "question": "Is there a cat?",
+                      "answers": ["no", "no", "no"]})
+        + "\n"
+        + json.dumps({"camera": CAMERAS[1], "frame": 3, "question": "Never asked?",
+                      "answers": ["no"]})
+        + "\n"
+    )  # fmt: skip
+    done = run_replay(
+        bag,
+        out,
+        "--questions",
+        "Is there a cat?",
+        "Is it outdoors?",
+        "--references",
+        str(references),
+    )
     assert done.returncode == 0, done.stderr
     lines = records(out)
     sources = bag_stamps(bag)
@@ -80,6 +100,16 @@ def test_every_frame_mode_writes_jsonl_and_a_bag(bag, tmp_path):
     assert first.text == captions[0]["text"] and first.camera == captions[0]["camera"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 30 and summary["results"] == 90
+    assert summary["drop_rate"] == 0.0 and summary["latency_ms"]["p50"] > 0
+    scores = summary["scores"]
+    assert (scores["captions_scored"], scores["vqa_scored"], scores["vqa_missing"]) == (1, 1, 1)
+    scored = [r for r in lines if "scores" in r]
+    assert len(scored) == 2
+    assert {r["camera"] for r in scored} == set(CAMERAS)
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/jpeg;base64,') == 30  # every captioned frame, shown
+    assert page.count("<svg") == 2 and "Random weights" in page
+    assert html.escape(captions[0]["text"]) in page
 
 
 def test_running_twice_gives_identical_results(bag, tmp_path):

@@ -4,9 +4,12 @@
     smolvlm-replay drive --out runs/b --mode live --compute-s 2.5 --caption-rate 1.0
     smolvlm-replay drive --out runs/c --questions "Is the path clear?" "Any people?"
 
-Writes DIR/results.jsonl (one line per caption or answer) and DIR/bag (a rosbag2 with the input
-images and /smolvlm/caption, /smolvlm/answer at their source stamps). Runs are deterministic:
-greedy decoding, and in live mode an emulated compute time instead of a measured one.
+    smolvlm-replay drive --out runs/d --references refs.jsonl --questions "Is there a cat?"
+
+Writes DIR/results.jsonl (one line per caption or answer, with scores when references are
+given), DIR/summary.json, DIR/report.html and DIR/bag (a rosbag2 with the input images and
+/smolvlm/caption, /smolvlm/answer at their source stamps). Runs are deterministic: greedy
+decoding, and in live mode an emulated compute time instead of a measured one.
 """
 
 from __future__ import annotations
@@ -17,11 +20,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+from tqdm import tqdm
+
 from smolvlm_ros.engine import DEFAULT_CAPTION_PROMPT, Engine, EngineConfig, TilingConfig
 from smolvlm_ros.models.loading import DEFAULT_MODEL, ModelLoadError
 from smolvlm_ros.pipeline.runner import CaptionSettings
 from smolvlm_ros.replay.outputs import JsonlWriter, ResultBag, result_record
+from smolvlm_ros.replay.report import write_report
 from smolvlm_ros.replay.run import MODES, ReplayConfig, replay
+from smolvlm_ros.replay.scoring import load_references, score
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,7 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-splitting", action="store_true")
     parser.add_argument("--max-frame-age", type=float, default=0.0, help="s; 0: no limit")
     parser.add_argument("--change-threshold", type=float, default=0.0)
-    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--references", type=Path, help="JSONL of reference answers/captions")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if not (args.bag / "metadata.yaml").is_file():
         parser.error(f"{args.bag} is not a rosbag2 directory (no metadata.yaml)")
@@ -62,6 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        references = load_references(args.references) if args.references else None
         config = ReplayConfig(
             mode=args.mode,
             topics=tuple(args.topics),
@@ -79,48 +89,78 @@ def main(argv: list[str] | None = None) -> int:
                 tiling=TilingConfig(image_splitting=args.image_splitting),
             )
         )
-    except (ValueError, ModelLoadError) as err:
+    except (ValueError, OSError, ModelLoadError) as err:
         print(f"smolvlm-replay: {err}", file=sys.stderr)
         return 2
     if engine.is_random:
         print(f"note: {args.model} has RANDOM weights: the text is noise", file=sys.stderr)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    jsonl = JsonlWriter(args.out / "results.jsonl")
     bag = ResultBag(args.out / "bag")
+    records: list[dict] = []
     started = time.monotonic()
 
     def on_result(result, publish_ns: int) -> None:
-        jsonl.write(result_record(result, publish_ns))
+        records.append(result_record(result, publish_ns))
         bag.result(result, publish_ns)
 
-    def progress(done: int, total: int) -> None:
-        if not args.quiet and (done % 10 == 0 or done == total):
-            print(f"\r{done}/{total} frames", end="", file=sys.stderr, flush=True)
+    with tqdm(total=None, unit="frame", disable=args.quiet, file=sys.stderr) as bar:
 
-    try:
-        stats = replay(args.bag, engine, config, on_result, bag.image, progress)
-    except ValueError as err:
-        print(f"\nsmolvlm-replay: {err}", file=sys.stderr)
-        return 2
-    finally:
-        jsonl.close()
-        bag.close()
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            stats = replay(args.bag, engine, config, on_result, bag.image, progress)
+        except ValueError as err:
+            print(f"\nsmolvlm-replay: {err}", file=sys.stderr)
+            return 2
+        finally:
+            bag.close()
+    wall_s = time.monotonic() - started
+
+    summary = summarize(args, engine, stats, records, wall_s)
+    if references is not None:
+        scores = score(records, references, stats.frame_stamps)
+        for index, record_scores in scores.per_record.items():
+            records[index]["scores"] = record_scores
+        summary["scores"] = {k: v for k, v in vars(scores).items() if k != "per_record"}
+    jsonl = JsonlWriter(args.out / "results.jsonl")
+    for record in records:
+        jsonl.write(record)
+    jsonl.close()
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_report(args.out / "report.html", args.bag, summary, records)
+    print(f"{stats.results} results from {stats.frames} frames -> {args.out}", file=sys.stderr)
+    if "scores" in summary:
+        print(json.dumps(summary["scores"]), file=sys.stderr)
+    return 0
+
+
+def summarize(args, engine, stats, records: list[dict], wall_s: float) -> dict:
+    """Run-level figures: counts, latency percentiles, throughput, drops per camera."""
+    latencies = [r["timing"]["total_ms"] for r in records]
+    received = sum(s.received for s in stats.cameras.values())
+    dropped = sum(sum(s.dropped.values()) for s in stats.cameras.values())
     summary = {
         "bag": str(args.bag),
         "model": args.model,
+        "random_weights": engine.is_random,
         "mode": args.mode,
         "frames": stats.frames,
         "results": stats.results,
-        "wall_s": round(time.monotonic() - started, 2),
+        "wall_s": round(wall_s, 2),
+        "throughput_results_per_s": round(stats.results / wall_s, 3) if wall_s else None,
+        "drop_rate": round(dropped / received, 4) if received else None,
         "cameras": {
             name: {"received": s.received, "captioned": s.captioned, "dropped": dict(s.dropped)}
             for name, s in stats.cameras.items()
         },
     }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\n{stats.results} results from {stats.frames} frames -> {args.out}", file=sys.stderr)
-    return 0
+    if latencies:
+        p50, p90, p99 = np.percentile(latencies, (50, 90, 99))
+        summary["latency_ms"] = {"p50": p50, "p90": p90, "p99": p99, "max": max(latencies)}
+    return summary
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ class ReplayStats:
     frames: int = 0
     results: int = 0
     cameras: dict[str, CameraStats] = field(default_factory=dict)
+    # Header stamps (ns) of each camera's messages in bag order: frame index -> stamp.
+    frame_stamps: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -160,8 +162,10 @@ def replay(
             work_until(t)
             clock.now = t
             msg = reader.deserialize(raw, connection.msgtype)
-            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec / NS
-            scheduler.offer(connection.topic, BagImage(connection.topic, msg, log_ns), stamp)
+            stamp_ns = msg.header.stamp.sec * NS + msg.header.stamp.nanosec
+            stats.frame_stamps.setdefault(connection.topic, []).append(stamp_ns)
+            item = BagImage(connection.topic, msg, log_ns)
+            scheduler.offer(connection.topic, item, stamp_ns / NS)
             if on_image is not None:
                 on_image(connection, log_ns, raw)
             stats.frames += 1

@@ -1,0 +1,174 @@
+"""Scores of a replay against references: VQA accuracy and caption metrics.
+
+References are JSONL, one line per frame and task:
+
+    {"camera": "/front/image_raw", "stamp": 1767225600000000000,
+     "question": "Is there a cat?", "answers": ["yes"]}
+    {"camera": "/front/image_raw", "frame": 12, "captions": ["a cat on a sofa", "a sleeping cat"]}
+
+`frame` counts that camera's messages in the bag from 0; `stamp` is the header stamp in ns.
+
+VQA accuracy is the VQA benchmark's: answers normalised (case, punctuation, articles, number
+words) and a prediction scores min(#references equal to it / 3, 1). Captions are scored with
+pycocoevalcap's BLEU-4, ROUGE-L and CIDEr-D (the COCO caption evaluation code) on lower-cased,
+punctuation-stripped words: its PTB tokenizer and METEOR need Java, so they are not used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_ARTICLES = {"a", "an", "the"}
+_NUMBERS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}  # fmt: skip
+_PUNCTUATION = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$|~:']")
+_PERIOD = re.compile(r"(?<!\d)\.(?!\d)")
+
+
+class ReferenceError(ValueError):
+    """The references file is malformed; the text names the line."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    camera: str
+    stamp: int | None
+    frame: int | None
+    question: str | None = None
+    answers: tuple[str, ...] = ()
+    captions: tuple[str, ...] = ()
+
+
+def normalize_answer(text: str) -> str:
+    """The VQA evaluation's answer normalisation."""
+    text = text.lower().replace("\n", " ").replace("\t", " ").strip()
+    text = _PERIOD.sub("", _PUNCTUATION.sub(" ", text))
+    words = [_NUMBERS.get(w, w) for w in text.split() if w not in _ARTICLES]
+    return " ".join(words)
+
+
+def vqa_accuracy(prediction: str, answers: list[str] | tuple[str, ...]) -> float:
+    """min(#matching reference answers / 3, 1), on normalised answers."""
+    predicted = normalize_answer(prediction)
+    matches = sum(normalize_answer(a) == predicted for a in answers)
+    return min(matches / 3.0, 1.0)
+
+
+def caption_words(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def load_references(path: Path) -> list[Reference]:
+    references = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ReferenceError(f"{where}: not JSON ({err.msg})") from None
+        if not isinstance(item, dict) or not isinstance(item.get("camera"), str):
+            raise ReferenceError(f'{where}: needs "camera" (the image topic)')
+        if ("stamp" in item) == ("frame" in item):
+            raise ReferenceError(f'{where}: give exactly one of "stamp" (ns) or "frame" (index)')
+        key = "stamp" if "stamp" in item else "frame"
+        if not isinstance(item[key], int) or item[key] < 0:
+            raise ReferenceError(f'{where}: "{key}" must be a non-negative integer')
+        has_question = "question" in item or "answers" in item
+        if has_question == ("captions" in item):
+            raise ReferenceError(f'{where}: give "question" + "answers", or "captions"')
+        texts = item.get("answers") if has_question else item.get("captions")
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            name = "answers" if has_question else "captions"
+            raise ReferenceError(f"{where}: {name} must be a non-empty list of strings")
+        if has_question and not (
+            isinstance(item.get("question"), str) and item["question"].strip()
+        ):
+            raise ReferenceError(f'{where}: "question" must be a non-empty string')
+        references.append(
+            Reference(
+                camera=item["camera"],
+                stamp=item.get("stamp"),
+                frame=item.get("frame"),
+                question=item["question"].strip() if has_question else None,
+                answers=tuple(texts) if has_question else (),
+                captions=() if has_question else tuple(texts),
+            )
+        )
+    return references
+
+
+@dataclass
+class Scores:
+    vqa_accuracy: float | None = None
+    vqa_scored: int = 0
+    vqa_missing: int = 0  # references whose question was not answered about that frame
+    bleu_4: float | None = None
+    rouge_l: float | None = None
+    cider: float | None = None
+    captions_scored: int = 0
+    captions_missing: int = 0  # referenced frames that got no caption (dropped, say)
+    per_record: dict[int, dict] = field(default_factory=dict)  # record index -> its scores
+
+
+def score(
+    records: list[dict], references: list[Reference], frame_stamps: dict[str, list[int]]
+) -> Scores:
+    """Score ``records`` (results.jsonl lines) against ``references``."""
+    scores = Scores()
+    by_key: dict[tuple, int] = {}
+    for index, record in enumerate(records):
+        question = record["question"].strip() if record["kind"] == "answer" else None
+        by_key[(record["camera"], record["stamp"], record["kind"], question)] = index
+    vqa: list[float] = []
+    gts: dict[str, list[str]] = {}
+    res: dict[str, list[str]] = {}
+    for number, ref in enumerate(references):
+        stamp = ref.stamp
+        if ref.frame is not None:
+            stamps = frame_stamps.get(ref.camera, [])
+            stamp = stamps[ref.frame] if ref.frame < len(stamps) else None
+        if ref.question is not None:
+            index = by_key.get((ref.camera, stamp, "answer", ref.question))
+            if index is None:
+                scores.vqa_missing += 1
+                continue
+            accuracy = vqa_accuracy(records[index]["text"], ref.answers)
+            vqa.append(accuracy)
+            scores.per_record.setdefault(index, {})["vqa_accuracy"] = accuracy
+        else:
+            index = by_key.get((ref.camera, stamp, "caption", None))
+            if index is None:
+                scores.captions_missing += 1
+                continue
+            gts[str(number)] = [caption_words(c) for c in ref.captions]
+            res[str(number)] = [caption_words(records[index]["text"]) or "empty"]
+            scores.per_record.setdefault(index, {})["caption_ref"] = str(number)
+    if vqa:
+        scores.vqa_accuracy, scores.vqa_scored = sum(vqa) / len(vqa), len(vqa)
+    if res:
+        _caption_metrics(scores, gts, res)
+    return scores
+
+
+def _caption_metrics(scores: Scores, gts: dict, res: dict) -> None:
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    rouge, _ = Rouge().compute_score(gts, res)
+    cider, per_caption = Cider().compute_score(gts, res)
+    scores.bleu_4, scores.rouge_l, scores.cider = float(bleu[3]), float(rouge), float(cider)
+    scores.captions_scored = len(res)
+    cider_of = dict(zip(res, per_caption, strict=True))
+    for record_scores in scores.per_record.values():
+        ref = record_scores.pop("caption_ref", None)
+        if ref is not None:
+            record_scores["cider"] = float(cider_of[ref])
