@@ -36,6 +36,7 @@ setup(
         "console_scripts": [
             "smolvlm-bench = smolvlm_ros.bench:main",
             "smolvlm-replay = smolvlm_ros.replay.__main__:main",
+            "smolvlm-compare = smolvlm_ros.replay.compare:main",
         ]
     },
     # The message definitions, for writing Caption / VqaAnswer into bags without ROS.

@@ -160,3 +160,58 @@ def test_not_a_bag_and_existing_output_are_refused(bag, tmp_path):
     (tmp_path / "full" / "results.jsonl").write_text("{}\n")
     done = run_replay(bag, tmp_path / "full")
     assert done.returncode == 2 and "exists and is not empty" in done.stderr
+
+
+def test_two_runs_compare_side_by_side(bag, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_replay(bag, a, "--topics", CAMERAS[0]).returncode == 0
+    assert run_replay(bag, b, "--topics", CAMERAS[0], "--prompt", "What is this?").returncode == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "smolvlm_ros.replay.compare", str(a), str(b)],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "latency p50 ms" in done.stdout and "random:tiny" in done.stdout
+    assert f"{b}: 0 results about the same frames" not in done.stdout  # captions: same frames
+    assert "15 results about the same frames" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "smolvlm_ros.replay.compare", str(a), str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "is not a replay output" in bad.stderr
+
+
+def test_live_mode_records_what_the_running_node_publishes(bag, tmp_path):
+    """The bag played over DDS, with /clock, into vlm_node running on sim time."""
+    from ros_helpers import NodeProcess, wait_for
+
+    node = NodeProcess(
+        tmp_path,
+        {"model": "random:tiny", "device": "cpu", "image_topics": CAMERAS, "use_sim_time": True,
+         "caption_rate_hz": 2.0, "max_new_tokens": 4, "questions": ["Is there a cat?"]},
+    )  # fmt: skip
+    try:
+        wait_for(lambda: node.proc.poll() is not None or "listening on" in node.log, 120)
+        assert "listening on" in node.log, node.log
+        out = tmp_path / "live"
+        done = run_replay(
+            bag, out, "--live", "--node", f"{node.namespace}/smolvlm", "--settle-s", "3"
+        )
+        assert done.returncode == 0, done.stderr + node.log
+    finally:
+        assert node.stop() == 0, node.log
+    lines = records(out)
+    sources = bag_stamps(bag)
+    captions = [r for r in lines if r["kind"] == "caption"]
+    assert len(captions) >= 4  # 3 s of bag at 2 Hz per camera, whatever the node kept up with
+    assert {r["camera"] for r in captions} == set(CAMERAS)
+    for record in lines:
+        assert record["stamp"] in sources[record["camera"]]
+        assert record["model"] == "random:tiny"
+    assert any(r["kind"] == "answer" for r in lines)
+    typestore = typestore_with_our_messages()
+    with AnyReader([out / "bag"], default_typestore=typestore) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+    assert counts["/smolvlm/caption"] == len(captions) and counts[CAMERAS[0]] == 15
+    assert json.loads((out / "summary.json").read_text())["mode"] == "live-node"
+    assert (out / "report.html").is_file()

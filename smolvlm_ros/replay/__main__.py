@@ -57,6 +57,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-frame-age", type=float, default=0.0, help="s; 0: no limit")
     parser.add_argument("--change-threshold", type=float, default=0.0)
     parser.add_argument("--references", type=Path, help="JSONL of reference answers/captions")
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="play into a running vlm_node (use_sim_time) over DDS and record what it publishes",
+    )
+    parser.add_argument("--node", default="/smolvlm", help="--live: the node's name")
+    parser.add_argument("--rate", type=float, default=1.0, help="--live: playback speed")
+    parser.add_argument("--settle-s", type=float, default=10.0, help="--live: wait after the bag")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if not (args.bag / "metadata.yaml").is_file():
@@ -72,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         references = load_references(args.references) if args.references else None
+    except (ValueError, OSError) as err:
+        print(f"smolvlm-replay: {err}", file=sys.stderr)
+        return 2
+    if args.live:
+        return _live(args, references)
+    try:
         config = ReplayConfig(
             mode=args.mode,
             topics=tuple(args.topics),
@@ -89,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 tiling=TilingConfig(image_splitting=args.image_splitting),
             )
         )
-    except (ValueError, OSError, ModelLoadError) as err:
+    except (ValueError, ModelLoadError) as err:
         print(f"smolvlm-replay: {err}", file=sys.stderr)
         return 2
     if engine.is_random:
@@ -119,7 +133,43 @@ def main(argv: list[str] | None = None) -> int:
             bag.close()
     wall_s = time.monotonic() - started
 
-    summary = summarize(args, engine, stats, records, wall_s)
+    summary = summarize(args, stats, records, wall_s)
+    summary["model"], summary["random_weights"] = args.model, engine.is_random
+    return _finish(args, references, stats, records, summary)
+
+
+def _live(args: argparse.Namespace, references) -> int:
+    """--live: the running node does the work; we play the bag and record."""
+    from smolvlm_ros.replay.live import replay_live
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    bag = ResultBag(args.out / "bag")
+    records: list[dict] = []
+
+    def on_record(record: dict, cdr: bytes) -> None:
+        records.append(record)
+        bag.serialized(record["kind"], record["published"], cdr)
+
+    started = time.monotonic()
+    try:
+        stats = replay_live(
+            args.bag, args.node, tuple(args.topics), on_record, bag.image, args.rate, args.settle_s
+        )
+    except (ValueError, TimeoutError) as err:
+        print(f"smolvlm-replay: {err}", file=sys.stderr)
+        return 2
+    finally:
+        bag.close()
+    stats.results = len(records)
+    summary = summarize(args, stats, records, time.monotonic() - started)
+    summary["mode"] = "live-node"
+    summary["model"] = records[0]["model"] if records else "(no results)"
+    summary["random_weights"] = summary["model"].startswith("random:")
+    return _finish(args, references, stats, records, summary)
+
+
+def _finish(args, references, stats, records: list[dict], summary: dict) -> int:
+    """Scores (if references), results.jsonl, summary.json, report.html."""
     if references is not None:
         scores = score(records, references, stats.frame_stamps)
         for index, record_scores in scores.per_record.items():
@@ -131,24 +181,22 @@ def main(argv: list[str] | None = None) -> int:
     jsonl.close()
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_report(args.out / "report.html", args.bag, summary, records)
-    print(f"{stats.results} results from {stats.frames} frames -> {args.out}", file=sys.stderr)
+    print(f"{len(records)} results from {stats.frames} frames -> {args.out}", file=sys.stderr)
     if "scores" in summary:
         print(json.dumps(summary["scores"]), file=sys.stderr)
     return 0
 
 
-def summarize(args, engine, stats, records: list[dict], wall_s: float) -> dict:
+def summarize(args, stats, records: list[dict], wall_s: float) -> dict:
     """Run-level figures: counts, latency percentiles, throughput, drops per camera."""
     latencies = [r["timing"]["total_ms"] for r in records]
     received = sum(s.received for s in stats.cameras.values())
     dropped = sum(sum(s.dropped.values()) for s in stats.cameras.values())
     summary = {
         "bag": str(args.bag),
-        "model": args.model,
-        "random_weights": engine.is_random,
         "mode": args.mode,
         "frames": stats.frames,
-        "results": stats.results,
+        "results": len(records),
         "wall_s": round(wall_s, 2),
         "throughput_results_per_s": round(stats.results / wall_s, 3) if wall_s else None,
         "drop_rate": round(dropped / received, 4) if received else None,

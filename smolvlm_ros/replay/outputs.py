@@ -73,6 +73,11 @@ class ResultBag:
             )
         self._writer.write(self._images[key], log_ns, raw)
 
+    def serialized(self, kind: str, publish_ns: int, cdr: bytes) -> None:
+        """A Caption (kind "caption") or VqaAnswer already in CDR, e.g. as a live node sent it."""
+        connection = self._caption if kind == CAPTION else self._answer
+        self._writer.write(connection, publish_ns, cdr)
+
     def result(self, result: Result, publish_ns: int) -> None:
         t = self.typestore.types
         header = t["std_msgs/msg/Header"](
