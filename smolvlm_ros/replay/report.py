@@ -79,8 +79,11 @@ def _timeline_svg(records: list[dict], width: int = 520, height: int = 160) -> s
 
 
 def _table(rows: Iterable[tuple[str, object]]) -> str:
+    def cell(value: object) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
     cells = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(cell(v))}</td></tr>" for k, v in rows
     )
     return f"<table>{cells}</table>"
 
