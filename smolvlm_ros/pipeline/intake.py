@@ -22,6 +22,7 @@ import numpy as np
 from rosbags.image import ImageError, message_to_cvimage
 from rosbags.image.image import to_cvtype
 
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
 MM_PER_M = 1000.0
 

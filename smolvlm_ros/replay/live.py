@@ -22,7 +22,7 @@ from rosgraph_msgs.msg import Clock
 
 from smolvlm_ros.msg import Caption, VqaAnswer
 from smolvlm_ros.replay.run import NS, ReplayStats, image_topics
-from smolvlm_ros.tools.bag_player import _message_class
+from smolvlm_ros.tools.bag_player import message_class
 
 CAPTION_KIND, ANSWER_KIND = "caption", "answer"
 TIMING_FIELDS = (
@@ -98,7 +98,7 @@ def replay_live(
             connections = image_topics(reader, topics)
             publishers = {
                 c.topic: client.create_publisher(
-                    _message_class(c.msgtype), c.topic, qos_profile_sensor_data
+                    message_class(c.msgtype), c.topic, qos_profile_sensor_data
                 )
                 for c in connections
             }

@@ -20,11 +20,10 @@ from rosbags.highlevel import AnyReader
 
 from smolvlm_ros.engine import Engine, Frame, Result
 from smolvlm_ros.pipeline.change import ChangeGate
-from smolvlm_ros.pipeline.intake import message_to_rgb
+from smolvlm_ros.pipeline.intake import IMAGE_TYPES, message_to_rgb
 from smolvlm_ros.pipeline.runner import CaptionSettings, JobRunner
 from smolvlm_ros.pipeline.scheduler import CameraConfig, CameraStats, FrameScheduler
 
-IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 MODES = ("every", "live")
 NS = 1_000_000_000
 

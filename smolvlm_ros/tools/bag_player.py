@@ -15,18 +15,12 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rosbags.rosbag2 import Reader
 
-IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+from smolvlm_ros.pipeline.intake import IMAGE_TYPES
 
 
-def _message_class(typename: str):
+def message_class(typename: str):
     package, kind, name = typename.split("/")
     return getattr(importlib.import_module(f"{package}.{kind}"), name)
-
-
-def image_topics(bag: Path) -> dict[str, str]:
-    """topic -> type of every image topic in the bag."""
-    with Reader(bag) as reader:
-        return {c.topic: c.msgtype for c in reader.connections if c.msgtype in IMAGE_TYPES}
 
 
 def play_images(
@@ -48,7 +42,7 @@ def play_images(
             raise ValueError(f"{bag} has no Image or CompressedImage topics")
         publishers = {
             c.topic: node.create_publisher(
-                _message_class(c.msgtype), c.topic, qos_profile_sensor_data
+                message_class(c.msgtype), c.topic, qos_profile_sensor_data
             )
             for c in connections
         }
