@@ -50,6 +50,7 @@ def diagnostics(
     engine: Engine,
     pending_questions: int,
     latency: LatencyWindow,
+    input_rates_hz: dict[str, float],
 ) -> DiagnosticArray:
     backend = engine.backend
     failures = sum(s.dropped.get(INFERENCE_ERROR, 0) for s in cameras.values())
@@ -91,6 +92,7 @@ def diagnostics(
         else:
             level, message = DiagnosticStatus.OK, "receiving"
         values = [
+            _kv("input_rate_hz", f"{input_rates_hz.get(camera, 0.0):.1f}"),
             _kv("received", stats.received),
             _kv("captioned", stats.captioned),
             *(_kv(f"dropped_{reason}", stats.dropped.get(reason, 0)) for reason in DROP_REASONS),

@@ -135,6 +135,7 @@ class VlmNode(Node):
         )
 
         self.latency = LatencyWindow()
+        self._last_diagnostics: tuple[float, dict[str, int]] = (time.monotonic(), {})
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.caption_pub = self.create_publisher(Caption, "~/caption", 10)
         self.answer_pub = self.create_publisher(VqaAnswer, "~/answer", 10)
@@ -402,15 +403,24 @@ class VlmNode(Node):
                     self.answer_pub.publish(to_vqa_answer(result))
 
     def _publish_diagnostics(self) -> None:
+        stats = self.scheduler.stats()
+        now = time.monotonic()
+        elapsed = now - self._last_diagnostics[0]
+        rates = {
+            camera: (s.received - self._last_diagnostics[1].get(camera, 0)) / elapsed
+            for camera, s in stats.items()
+        }
+        self._last_diagnostics = (now, {camera: s.received for camera, s in stats.items()})
         self.diagnostics_pub.publish(
             diagnostics(
                 self.get_fully_qualified_name(),
                 self.get_clock().now().to_msg(),
-                self.scheduler.stats(),
+                stats,
                 self._ros_seconds(),
                 self.engine,
                 self.scheduler.pending_questions(),
                 self.latency,
+                rates,
             )
         )
 
