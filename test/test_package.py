@@ -113,7 +113,8 @@ def test_core_imports_without_ros():
     code = (
         "import sys; sys.modules['rclpy'] = None\n"
         "import smolvlm_ros.engine, smolvlm_ros.models, smolvlm_ros.pipeline.scheduler\n"
-        "import smolvlm_ros.pipeline.intake, smolvlm_ros.tools.sample_bag\n"
+        "import smolvlm_ros.pipeline.intake, smolvlm_ros.tools.sample_bag, smolvlm_ros.bench\n"
+        "import smolvlm_ros.replay.__main__, smolvlm_ros.replay.compare\n"
         "assert not any(m.startswith('rclpy') and sys.modules[m] for m in sys.modules)\n"
         "print('ok')\n"
     )
@@ -135,6 +136,11 @@ def test_pip_wheel_holds_the_core(tmp_path):
     for module in ("engine/engine.py", "models/loading.py", "pipeline/scheduler.py"):
         assert f"smolvlm_ros/{module}" in names
     assert not any(name.startswith("smolvlm_ros/msg/") for name in names)
+    # the .msg texts, so smolvlm-replay can write Caption / VqaAnswer into bags without ROS
+    assert "smolvlm_ros-0.1.0.data/data/share/smolvlm_ros/msg/Caption.msg" in names
+    entry_points = zipfile.ZipFile(wheel).read("smolvlm_ros-0.1.0.dist-info/entry_points.txt")
+    for script in (b"smolvlm-bench", b"smolvlm-replay", b"smolvlm-compare"):
+        assert script in entry_points
     metadata = next(n for n in names if n.endswith("METADATA"))
     requires = zipfile.ZipFile(wheel).read(metadata).decode()
     assert "Requires-Dist: transformers" in requires
