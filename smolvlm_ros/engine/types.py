@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -87,3 +87,22 @@ class Result:
     finish_reason: str = FINISH_STOP
     tiling_note: str = ""  # why the tiling is smaller than configured, if it is
     reused_encoding: bool = False  # the frame's image embeddings came from the cache
+
+    def provenance_fields(self) -> dict:
+        """The fields of msg/Provenance.msg, for any message library (rclpy, rosbags)."""
+        return {
+            "model": self.model,
+            "backend": self.backend,
+            "device": self.device,
+            "dtype": self.dtype,
+            "prompt": self.prompt,
+            "tile_rows": self.tile_rows,
+            "tile_cols": self.tile_cols,
+            "num_images": self.num_images,
+            "tiling_note": self.tiling_note,
+            "reused_encoding": self.reused_encoding,
+        }
+
+    def timing_fields(self) -> dict:
+        """The fields of msg/Timing.msg: the Timing dataclass plus how generation ended."""
+        return {**asdict(self.timing), "finish_reason": self.finish_reason}

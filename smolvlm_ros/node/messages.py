@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from builtin_interfaces.msg import Time
 from std_msgs.msg import Header
 
@@ -27,14 +25,11 @@ def _header(result: Result) -> Header:
 
 
 def _provenance(result: Result) -> Provenance:
-    # Provenance's fields are named as the Result fields they carry.
-    names = Provenance.get_fields_and_field_types()
-    return Provenance(**{name: getattr(result, name) for name in names})
+    return Provenance(**result.provenance_fields())
 
 
 def _timing(result: Result) -> Timing:
-    # Timing.msg mirrors the core Timing dataclass field for field, plus how generation ended.
-    return Timing(**asdict(result.timing), finish_reason=result.finish_reason)
+    return Timing(**result.timing_fields())
 
 
 def to_caption(result: Result) -> Caption:

@@ -86,21 +86,8 @@ class ResultBag:
             ),
             frame_id=result.frame_id,
         )
-        provenance = t["smolvlm_ros/msg/Provenance"](
-            model=result.model,
-            backend=result.backend,
-            device=result.device,
-            dtype=result.dtype,
-            prompt=result.prompt,
-            tile_rows=result.tile_rows,
-            tile_cols=result.tile_cols,
-            num_images=result.num_images,
-            tiling_note=result.tiling_note,
-            reused_encoding=result.reused_encoding,
-        )
-        timing = t["smolvlm_ros/msg/Timing"](
-            **asdict(result.timing), finish_reason=result.finish_reason
-        )
+        provenance = t["smolvlm_ros/msg/Provenance"](**result.provenance_fields())
+        timing = t["smolvlm_ros/msg/Timing"](**result.timing_fields())
         if result.kind == CAPTION:
             msg = t["smolvlm_ros/msg/Caption"](
                 header=header, camera=result.camera, text=result.text,
