@@ -8,21 +8,18 @@ offline replay, so the same scoring and report apply to the real node. Needs ROS
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import rclpy
-from builtin_interfaces.msg import Time
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import qos_profile_sensor_data
 from rclpy.serialization import serialize_message
-from rosbags.highlevel import AnyReader
-from rosgraph_msgs.msg import Clock
+from rosbags.typesys import Stores, get_typestore
 
 from smolvlm_ros.msg import Caption, VqaAnswer
-from smolvlm_ros.replay.run import NS, ReplayStats, image_topics
-from smolvlm_ros.tools.bag_player import message_class
+from smolvlm_ros.replay.run import NS, ReplayStats
+from smolvlm_ros.tools.bag_player import keep_clock_running, play_images
 
 CAPTION_KIND, ANSWER_KIND = "caption", "answer"
 TIMING_FIELDS = (
@@ -74,14 +71,14 @@ def replay_live(
     """Play ``bag`` into the node named ``node`` (e.g. /smolvlm); ``on_record(record, cdr)``
     gets each caption / answer it publishes. Waits ``settle_s`` after the last frame for the
     node to finish what it is working on."""
-    if rate <= 0:
-        raise ValueError(f"rate must be > 0, got {rate}")
     context = rclpy.Context()
     rclpy.init(context=context)
     client = rclpy.create_node("smolvlm_replay", context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(client)
-    sim_now = [0]
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    sim_now = [0]  # bag time of the latest frame sent: when a result arrives, "published"
 
     def record(kind: str):
         def callback(msg) -> None:
@@ -91,45 +88,28 @@ def replay_live(
 
     client.create_subscription(Caption, f"{node}/caption", record(CAPTION_KIND), 100)
     client.create_subscription(VqaAnswer, f"{node}/answer", record(ANSWER_KIND), 100)
-    clock_pub = client.create_publisher(Clock, "/clock", 10)
     stats = ReplayStats()
+    typestore = get_typestore(Stores.LATEST)
+
+    def sent(connection, log_ns: int, raw: bytes) -> None:
+        sim_now[0] = log_ns
+        on_image(connection, log_ns, raw)
+        msg = typestore.deserialize_cdr(raw, connection.msgtype)
+        stamp = msg.header.stamp.sec * NS + msg.header.stamp.nanosec
+        stats.frame_stamps.setdefault(connection.topic, []).append(stamp)
+        stats.frames += 1
+
     try:
-        with AnyReader([Path(bag)]) as reader:
-            connections = image_topics(reader, topics)
-            publishers = {
-                c.topic: client.create_publisher(
-                    message_class(c.msgtype), c.topic, qos_profile_sensor_data
-                )
-                for c in connections
-            }
-            deadline = time.monotonic() + ready_timeout_s
-            while any(p.get_subscription_count() == 0 for p in publishers.values()):
-                if time.monotonic() > deadline:
-                    missing = [t for t, p in publishers.items() if p.get_subscription_count() == 0]
-                    raise TimeoutError(f"no node subscribed to {', '.join(missing)}")
-                executor.spin_once(timeout_sec=0.1)
-            wall_start, bag_start = time.monotonic(), None
-            for connection, log_ns, raw in reader.messages(connections=connections):
-                bag_start = log_ns if bag_start is None else bag_start
-                due = wall_start + (log_ns - bag_start) / NS / rate
-                while (delay := due - time.monotonic()) > 0:
-                    executor.spin_once(timeout_sec=min(delay, 0.05))
-                sim_now[0] = log_ns
-                clock_pub.publish(Clock(clock=Time(sec=log_ns // NS, nanosec=log_ns % NS)))
-                publishers[connection.topic].publish(bytes(raw))
-                on_image(connection, log_ns, bytes(raw))
-                msg = reader.deserialize(raw, connection.msgtype)
-                stamp = msg.header.stamp.sec * NS + msg.header.stamp.nanosec
-                stats.frame_stamps.setdefault(connection.topic, []).append(stamp)
-                stats.frames += 1
-            # Keep /clock ticking past the bag's end so the node can finish due work.
-            end = time.monotonic() + settle_s
-            while time.monotonic() < end:
-                sim_now[0] += int(0.1 * NS * rate)
-                clock_pub.publish(Clock(clock=Time(sec=sim_now[0] // NS, nanosec=sim_now[0] % NS)))
-                executor.spin_once(timeout_sec=0.1)
+        play_images(
+            client, bag, rate, topics=topics, clock=True, on_message=sent,
+            subscriber_timeout_s=ready_timeout_s,
+        )  # fmt: skip
+        keep_clock_running(
+            client, sim_now[0], settle_s, rate, on_tick=lambda ns: sim_now.__setitem__(0, ns)
+        )
     finally:
         executor.shutdown()
+        spinner.join()
         client.destroy_node()
         rclpy.shutdown(context=context)
     return stats
