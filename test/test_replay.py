@@ -208,7 +208,9 @@ def test_live_mode_records_what_the_running_node_publishes(bag, tmp_path):
     for record in lines:
         assert record["stamp"] in sources[record["camera"]]
         assert record["model"] == "random:tiny"
-    assert any(r["kind"] == "answer" for r in lines)
+    answers = [r for r in lines if r["kind"] == "answer"]
+    assert answers and all(r["question"] == "Is there a cat?" for r in answers)
+    assert all(r["timing"]["generated_tokens"] >= 1 for r in lines)
     typestore = typestore_with_our_messages()
     with AnyReader([out / "bag"], default_typestore=typestore) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}

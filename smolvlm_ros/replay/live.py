@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 import rclpy
@@ -17,45 +18,37 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.serialization import serialize_message
 from rosbags.typesys import Stores, get_typestore
 
+from smolvlm_ros.engine.types import ANSWER, CAPTION, Result, Timing
 from smolvlm_ros.msg import Caption, VqaAnswer
+from smolvlm_ros.replay.outputs import result_record
 from smolvlm_ros.replay.run import NS, ReplayStats
 from smolvlm_ros.tools.bag_player import keep_clock_running, play_images
 
-CAPTION_KIND, ANSWER_KIND = "caption", "answer"
-TIMING_FIELDS = (
-    "queue_wait_ms",
-    "preprocess_ms",
-    "encode_ms",
-    "prefill_ms",
-    "decode_ms",
-    "total_ms",
-    "prompt_tokens",
-    "image_tokens",
-    "generated_tokens",
-)
-
 
 def message_record(msg, kind: str, published_ns: int) -> dict:
-    """A results.jsonl line from a Caption / VqaAnswer message (same fields as offline)."""
-    t = msg.timing
-    p = msg.provenance
-    return {
-        "kind": kind,
-        "camera": msg.camera,
-        "stamp": msg.header.stamp.sec * NS + msg.header.stamp.nanosec,
-        "frame_id": msg.header.frame_id,
-        "published": published_ns,
-        "question": msg.question if kind == ANSWER_KIND else None,
-        "prompt": p.prompt,
-        "text": msg.answer if kind == ANSWER_KIND else msg.text,
-        "finish_reason": t.finish_reason,
-        "model": p.model,
-        "backend": p.backend,
-        "device": p.device,
-        "dtype": p.dtype,
-        "tiles": [p.tile_rows, p.tile_cols],
-        "timing": {name: getattr(t, name) for name in TIMING_FIELDS},
-    }
+    """A results.jsonl line from a Caption / VqaAnswer message: the message is turned back into
+    the engine's Result, so live and offline runs write lines through one function."""
+    p, t = msg.provenance, msg.timing
+    result = Result(
+        kind=kind,
+        text=msg.answer if kind == ANSWER else msg.text,
+        prompt=p.prompt,
+        camera=msg.camera,
+        stamp_ns=msg.header.stamp.sec * NS + msg.header.stamp.nanosec,
+        frame_id=msg.header.frame_id,
+        model=p.model,
+        backend=p.backend,
+        device=p.device,
+        dtype=p.dtype,
+        tile_rows=p.tile_rows,
+        tile_cols=p.tile_cols,
+        num_images=p.num_images,
+        timing=Timing(**{f.name: getattr(t, f.name) for f in fields(Timing)}),
+        finish_reason=t.finish_reason,
+        tiling_note=p.tiling_note,
+        reused_encoding=p.reused_encoding,
+    )
+    return result_record(result, published_ns)
 
 
 def replay_live(
@@ -86,8 +79,8 @@ def replay_live(
 
         return callback
 
-    client.create_subscription(Caption, f"{node}/caption", record(CAPTION_KIND), 100)
-    client.create_subscription(VqaAnswer, f"{node}/answer", record(ANSWER_KIND), 100)
+    client.create_subscription(Caption, f"{node}/caption", record(CAPTION), 100)
+    client.create_subscription(VqaAnswer, f"{node}/answer", record(ANSWER), 100)
     stats = ReplayStats()
     typestore = get_typestore(Stores.LATEST)
 
