@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import array
 import struct
+import warnings
+import zlib
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
+import PIL.Image
 import pytest
 from rosbags.typesys import Stores, get_typestore
 
+from smolvlm_ros.pipeline import intake
 from smolvlm_ros.pipeline.intake import (
     ImageDecodeError,
     decode_compressed_depth,
@@ -273,3 +279,337 @@ def test_garbage_compressed_data_is_refused():
 )
 def test_transport_follows_the_topic_name(topic, compressed_):
     assert is_compressed_topic(topic) is compressed_
+
+
+# -- malformed and hostile messages -----------------------------------------------------------
+# A camera driver's bug or a corrupt bag must cost one frame with a clear reason, never another
+# exception type, a crash, or gigabytes allocated for a size the message merely claims.
+
+
+def plain(**fields):
+    """A message as a plain object: the fields a fuzzer or a foreign library might hand over."""
+    return SimpleNamespace(**fields)
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    return buf.tobytes()
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", pixels)
+    assert ok
+    return buf.tobytes()
+
+
+def _decoded_jpeg(data: bytes) -> np.ndarray:
+    return cv2.cvtColor(
+        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+    )
+
+
+@pytest.mark.parametrize("flag", [1, 2, 255, True, None, "yes"])
+def test_is_bigendian_is_ignored_for_8_bit_encodings(photos, flag):
+    msg = image(photos["astronaut"], "rgb8")
+    msg.is_bigendian = flag  # bytes have no byte order, so whatever it says cannot matter
+    assert np.array_equal(message_to_rgb(msg), photos["astronaut"])
+
+
+@pytest.mark.parametrize("encoding", ["mono16", "16UC1"])
+@pytest.mark.parametrize("flag", [2, 255, np.uint8(1)])
+def test_any_nonzero_is_bigendian_byteswaps_16_bit_data(photos, encoding, flag):
+    values = cv2.cvtColor(photos["coffee"], cv2.COLOR_RGB2GRAY).astype(np.uint16) * 16 + 500
+    expected = message_to_rgb(image(values, encoding))
+    msg = image(values, encoding, bigendian=True)
+    msg.is_bigendian = flag  # a uint8 where, as cv_bridge reads it, nonzero means big-endian
+    assert np.array_equal(message_to_rgb(msg), expected)
+    # and the flag is honoured, not guessed: little-endian data flagged big-endian is swapped
+    msg = image(values, encoding)
+    msg.is_bigendian = flag
+    assert not np.array_equal(message_to_rgb(msg), expected)
+
+
+def test_non_integer_is_bigendian_on_16_bit_data_is_refused():
+    msg = image(np.zeros((2, 2), np.uint16), "mono16")
+    msg.is_bigendian = "big"
+    with pytest.raises(ImageDecodeError, match="is_bigendian must be 0 or 1"):
+        message_to_rgb(msg)
+
+
+def test_invalid_32fc1_depth_renders_black_without_warnings():
+    depth = np.array([[np.nan, np.inf, -np.inf], [-1.0, 0.0, 2.0], [1.0, 3e38, -3e38]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = message_to_rgb(image(depth, "32FC1"))
+        assert (out[0] == 0).all() and (out[1, :2] == 0).all() and out[2, 2, 0] == 0
+        assert out[2, 0, 0] == 255  # nearest valid reading
+        all_invalid = np.array([[np.nan, -1.0], [np.inf, 0.0]], np.float32)
+        assert (message_to_rgb(image(all_invalid, "32FC1")) == 0).all()
+
+
+def test_float_colour_with_nan_and_out_of_range_values_is_saturated_without_warnings():
+    pixels = np.array([[[np.nan, np.inf, -np.inf], [300.0, -5.0, 128.4]]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = message_to_rgb(image(pixels, "32FC3"))
+    assert out.tolist() == [[[0, 255, 0], [255, 0, 128]]]
+
+
+@pytest.mark.parametrize("encoding", ["yuv422", "yuv422_yuy2", "uyvy", "yuyv"])
+def test_odd_width_yuv422_is_refused_clearly(encoding):
+    msg = plain(height=2, width=3, encoding=encoding, is_bigendian=0, step=6, data=bytes(12))
+    with pytest.raises(ImageDecodeError, match=f"{encoding} needs an even width"):
+        message_to_rgb(msg)
+
+
+def _nv(rgb: np.ndarray, order: str) -> np.ndarray:
+    """A photo as 4:2:0 semi-planar: the Y plane, then rows of interleaved U V (nv12) or V U."""
+    h, w = rgb.shape[:2]
+    i420 = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)  # Y, then all U, then all V
+    u = i420[h : h + h // 4].reshape(-1)
+    v = i420[h + h // 4 :].reshape(-1)
+    chroma = np.stack([u, v] if order == "nv12" else [v, u], axis=1).reshape(h // 2, w)
+    return np.concatenate([i420[:h], chroma])
+
+
+@pytest.mark.parametrize("encoding", ["nv12", "nv21"])
+@pytest.mark.parametrize("pad", [0, 32])
+def test_nv12_nv21_match_opencv_and_the_photograph(photos, encoding, pad):
+    rgb = photos["chelsea"]
+    planes = _nv(rgb, encoding)
+    msg = image(planes, encoding, pad=pad)
+    msg.height = rgb.shape[0]  # the image's height; the data holds 1.5 x as many rows
+    out = message_to_rgb(msg)
+    code = cv2.COLOR_YUV2RGB_NV12 if encoding == "nv12" else cv2.COLOR_YUV2RGB_NV21
+    assert np.array_equal(out, cv2.cvtColor(planes, code))
+    assert np.abs(out.astype(int) - rgb).mean() < 15
+    msg.data = msg.data[: msg.step * rgb.shape[0]]  # only the Y plane
+    with pytest.raises(ImageDecodeError, match=r"expected step\*height\*3/2"):
+        message_to_rgb(msg)
+
+
+def test_odd_sized_nv12_is_refused_clearly():
+    msg = plain(height=3, width=4, encoding="nv12", is_bigendian=0, step=4, data=bytes(24))
+    with pytest.raises(ImageDecodeError, match="nv12 needs an even width and height"):
+        message_to_rgb(msg)
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    ["png", "bogus", "", "rgb8; jpeg compressed bgr8", "16UC1; compressedDepth", "32FC1; rvl"],
+)
+def test_compressed_images_are_decoded_by_content_not_format(photos, fmt):
+    data = _jpeg(photos["rocket"])
+    assert np.array_equal(message_to_rgb(compressed(data, fmt)), _decoded_jpeg(data))
+
+
+def test_compressed_depth_holding_garbage_is_refused():
+    with pytest.raises(ImageDecodeError, match="not a readable PNG image"):
+        message_to_rgb(compressed(bytes(12) + b"\xff\xd8\xff garbage", "16UC1; compressedDepth"))
+
+
+@pytest.mark.parametrize("keep", [0.05, 0.5, 0.99])
+def test_truncated_jpeg_is_refused_or_decoded_whole(photos, keep):
+    """OpenCV 5 refuses a JPEG cut short; 4.x decodes what arrived and greys the rest."""
+    data = _jpeg(photos["rocket"])
+    try:
+        out = message_to_rgb(compressed(data[: int(len(data) * keep)], "jpeg"))
+    except ImageDecodeError as err:
+        assert "could not be decoded" in str(err)
+    else:
+        assert out.shape == photos["rocket"].shape and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("cut", "match"),
+    [
+        (lambda d: d[:1], "could not be decoded"),  # JPEG: header cut short
+        (lambda d: d[:300], "could not be decoded"),
+        (lambda d: d[:2] + b"\x00" * 40 + d[42:], "could not be decoded"),  # markers destroyed
+        (lambda d: b"", "no data"),
+    ],
+)
+def test_corrupt_truncated_or_empty_jpeg_is_refused(photos, cut, match):
+    with pytest.raises(ImageDecodeError, match=match):
+        message_to_rgb(compressed(cut(_jpeg(photos["rocket"])), "jpeg"))
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.99])
+def test_truncated_png_is_refused(photos, keep):
+    data = _png(photos["coffee"])
+    with pytest.raises(ImageDecodeError, match="could not be decoded"):
+        message_to_rgb(compressed(data[: int(len(data) * keep)], "png"))
+
+
+@pytest.mark.parametrize(
+    "as_data",
+    [
+        bytes,
+        bytearray,
+        list,
+        memoryview,
+        lambda b: np.frombuffer(b, np.uint8),
+        lambda b: array.array("B", b),
+        lambda b: np.frombuffer(b, np.uint8).astype(int),
+    ],
+    ids=["bytes", "bytearray", "list", "memoryview", "numpy", "array.array", "numpy-int64"],
+)
+def test_data_may_be_any_sequence_of_bytes(photos, as_data):
+    rgb = photos["astronaut"][:48, :64]
+    raw = image(rgb, "rgb8", pad=5)
+    raw.data = as_data(raw.data.tobytes())
+    assert np.array_equal(message_to_rgb(raw), rgb)
+    data = _jpeg(rgb)
+    assert np.array_equal(message_to_rgb(compressed(data, "jpeg")), _decoded_jpeg(data))
+    msg = plain(format="jpeg", data=as_data(data))
+    assert np.array_equal(message_to_rgb(msg), _decoded_jpeg(data))
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ([1, 2, 300], "outside 0..255"),
+        (np.array([-1, 2, 3]), "outside 0..255"),
+        ([1.0, 2.0, 3.0], "not a sequence of bytes"),
+        ("abc", "must be bytes"),
+        (None, "must be bytes"),
+        ([[1, 2], [3]], "not a sequence of bytes"),
+        (7, "not a sequence of bytes"),
+    ],
+)
+def test_data_that_is_not_bytes_is_refused(data, match):
+    msg = plain(height=1, width=1, encoding="rgb8", is_bigendian=0, step=3, data=data)
+    with pytest.raises(ImageDecodeError, match=match):
+        message_to_rgb(msg)
+    with pytest.raises(ImageDecodeError, match=match):
+        message_to_rgb(plain(format="jpeg", data=data))
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"width": -4}, "width is negative"),
+        ({"height": -4}, "height is negative"),
+        ({"step": -12}, "step is negative"),
+        ({"width": 2**64}, "over the limit"),
+        ({"height": 2**40, "step": 2**40}, "over the limit"),
+        ({"step": 2**62}, r"expected step\*height"),
+        ({"width": 4.0}, "width must be an integer"),
+        ({"height": None}, "height must be an integer"),
+        ({"step": "12"}, "step must be an integer"),
+        ({"encoding": None}, "encoding must be a string"),
+        ({"encoding": ["rgb8"]}, "encoding must be a string"),
+        ({"encoding": "8UC0"}, "has no channels"),
+        ({"encoding": "weird9" * 10_000}, "not a sensor_msgs or OpenCV image encoding"),
+    ],
+)
+def test_absurd_fields_are_refused(fields, match):
+    msg = {"height": 4, "width": 4, "encoding": "rgb8", "is_bigendian": 0, "step": 12}
+    msg = plain(**{**msg, "data": bytes(48), **fields})
+    with pytest.raises(ImageDecodeError, match=match) as err:
+        message_to_rgb(msg)
+    assert len(str(err.value)) < 300  # a log line, even for a megabyte of encoding
+
+
+@pytest.mark.parametrize("msg", [None, object(), plain(height=4, width=4), plain(format="jpeg")])
+def test_objects_that_are_not_image_messages_are_refused(msg):
+    with pytest.raises(ImageDecodeError, match=r"message has no '\w+' field"):
+        message_to_rgb(msg)
+
+
+def test_huge_declared_raw_image_is_refused_before_reading_data():
+    msg = plain(height=20000, width=20000, encoding="rgb8", is_bigendian=0, step=60000)
+    msg.data = bytes(100)
+    with pytest.raises(ImageDecodeError, match="20000x20000 = 400000000 pixels, over the limit"):
+        message_to_rgb(msg)
+
+
+def test_raw_images_over_max_image_pixels_are_refused_before_converting(photos, monkeypatch):
+    msg = image(photos["astronaut"][:40, :30], "bgr8")
+    monkeypatch.setattr(intake, "MAX_IMAGE_PIXELS", 40 * 30 - 1)
+    monkeypatch.setattr(intake, "convert_color", _must_not_run)
+    with pytest.raises(ImageDecodeError, match="30x40 = 1200 pixels, over the limit of 1199"):
+        message_to_rgb(msg)
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the image was decoded or converted although it is over the limit")
+
+
+def _jpeg_declaring(width: int, height: int) -> bytes:
+    """A tiny valid JPEG whose frame header claims width x height (a decompression bomb)."""
+    data = bytearray(_jpeg(np.zeros((8, 8, 3), np.uint8)))
+    i = 2
+    while data[i + 1] not in (0xC0, 0xC1, 0xC2):  # walk the segments to the start of frame
+        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+    data[i + 5 : i + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def _png_bomb(width: int, height: int) -> bytes:
+    """A valid 1-bit black PNG of width x height: kilobytes that decode to height*width*3 bytes.
+
+    Built row by row, so making it costs no more memory than one row.
+    """
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte, then 1 bit per pixel
+    deflate = zlib.compressobj(9)
+    idat = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_png_decompression_bomb_is_refused_without_decoding(monkeypatch):
+    bomb = _png_bomb(12000, 12000)  # 144 Mpx: 432 MB once decoded to RGB
+    assert len(bomb) < 100_000
+    monkeypatch.setattr(intake.cv2, "imdecode", _must_not_run)
+    with (
+        pytest.warns(PIL.Image.DecompressionBombWarning),  # Pillow's own, lower, threshold
+        pytest.raises(ImageDecodeError, match="12000x12000 = 144000000 pixels, over the limit"),
+    ):
+        message_to_rgb(compressed(bomb, "png"))
+
+
+def test_jpeg_decompression_bomb_is_refused_without_decoding(monkeypatch):
+    bomb = _jpeg_declaring(20000, 20000)  # decoding it took 5 s and 2.4 GB
+    assert len(bomb) < 1000
+    monkeypatch.setattr(intake.cv2, "imdecode", _must_not_run)
+    with pytest.raises(ImageDecodeError, match="declares more than MAX_IMAGE_PIXELS"):
+        message_to_rgb(compressed(bomb, "jpeg"))
+
+
+def test_compressed_depth_bomb_is_refused_without_decoding(monkeypatch):
+    monkeypatch.setattr(intake.cv2, "imdecode", _must_not_run)
+    monkeypatch.setattr(intake, "MAX_IMAGE_PIXELS", 1000)
+    data = struct.pack("<iff", 0, 0.0, 0.0) + _png(np.zeros((40, 30), np.uint16))
+    with pytest.raises(ImageDecodeError, match="30x40 = 1200 pixels, over the limit of 1000"):
+        message_to_rgb(compressed(data, "16UC1; compressedDepth"))
+
+
+def test_compressed_images_at_the_limit_still_decode(photos, monkeypatch):
+    monkeypatch.setattr(intake, "MAX_IMAGE_PIXELS", 640 * 480)
+    data = _jpeg(photos["rocket"])
+    assert np.array_equal(message_to_rgb(compressed(data, "jpeg")), _decoded_jpeg(data))
+    monkeypatch.setattr(intake, "MAX_IMAGE_PIXELS", 640 * 480 - 1)
+    with pytest.raises(ImageDecodeError, match="over the limit"):
+        message_to_rgb(compressed(data, "jpeg"))
+
+
+def test_compressed_depth_with_degenerate_quantisation_renders_without_warnings():
+    raw = np.array([[0, 10, 20], [30, 40, 50]], np.uint16)  # v == B at 10: d = A / 0
+    msg = compressed(_compressed_depth(raw, "png", (100.0, 10.0)), "32FC1; compressedDepth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = message_to_rgb(msg)
+        nan_quant = compressed(
+            _compressed_depth(raw, "png", (np.nan, 0.0)), "32FC1; compressedDepth"
+        )
+        assert (message_to_rgb(nan_quant) == 0).all()
+    assert out[0, 0, 0] == 0 and out[0, 1, 0] == 0  # no reading, and the division by zero
+    assert out[0, 2, 0] == 0 and out[1, 2, 0] == 255  # v=20: farthest; v=50: nearest

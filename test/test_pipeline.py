@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from smolvlm_ros.engine import Frame
 from smolvlm_ros.pipeline.change import ChangeGate, scene_change
 from smolvlm_ros.pipeline.intake import ImageDecodeError
 from smolvlm_ros.pipeline.mosaic import CELL, LABEL_HEIGHT, compose_mosaic
-from smolvlm_ros.pipeline.runner import CaptionSettings, JobRunner
+from smolvlm_ros.pipeline.runner import CaptionSettings, JobRunner, is_out_of_memory
 from smolvlm_ros.pipeline.scheduler import (
     DECODE_ERROR,
     UNCHANGED,
@@ -53,7 +54,7 @@ def test_mosaic_grid_and_labels(photos):
         compose_mosaic(images, ["/front"])
 
 
-def _runner(engine, threshold=0.0, cameras=("a", "b")):
+def _runner(engine, threshold=0.0, cameras=("a", "b"), report=None):
     scheduler = FrameScheduler([CameraConfig(c, 1000.0) for c in cameras], mosaic=False)
 
     def to_frame(item):
@@ -62,7 +63,12 @@ def _runner(engine, threshold=0.0, cameras=("a", "b")):
         return item
 
     runner = JobRunner(
-        engine, scheduler, to_frame, CaptionSettings(max_new_tokens=2), ChangeGate(threshold)
+        engine,
+        scheduler,
+        to_frame,
+        CaptionSettings(max_new_tokens=2),
+        ChangeGate(threshold),
+        report=report,
     )
     return scheduler, runner
 
@@ -117,3 +123,42 @@ def test_runner_answers_standing_questions_about_each_captioned_frame(tiny_engin
     assert [a.prompt for a in answers] == ["Is it open?", "Any people?"]
     assert all(a.kind == "answer" and a.stamp_ns == 11 and a.camera == "a" for a in answers)
     assert all(a.reused_encoding for a in answers)  # one vision pass for caption and answers
+
+
+def test_runner_reports_failures_and_backs_off_until_a_success(tiny_engine, photos):
+    """A real engine failure (a request beyond the model's context) fails that job only."""
+    reports: list[tuple[str, str]] = []
+    scheduler, runner = _runner(
+        tiny_engine, cameras=("a",), report=lambda reason, text: reports.append((reason, text))
+    )
+    runner.captions = CaptionSettings(max_new_tokens=10**6)
+    frame = Frame(photos["coffee"], camera="a", stamp_ns=5)
+    for i in range(3):
+        scheduler.offer("a", frame, float(i))
+        assert runner.run(scheduler.next_job(timeout=0)) == []
+    assert [reason for reason, _ in reports] == ["inference_error"] * 3
+    assert "TokenBudgetError" in reports[0][1]
+    assert runner.failure_streak == 3
+    assert 0.5 < runner.backoff_s() <= 1.0  # 0.5 s after the 2nd failure, 1 s after the 3rd
+    assert scheduler.stats()["a"].dropped["inference_error"] == 3
+    runner.captions = CaptionSettings(max_new_tokens=2)
+    scheduler.offer("a", frame, 9.0)
+    assert len(runner.run(scheduler.next_job(timeout=0))) == 1
+    assert runner.failure_streak == 0 and runner.backoff_s() == 0.0
+
+
+def test_a_failing_reporter_never_stops_the_runner(tiny_engine):
+    def broken(reason: str, text: str) -> None:
+        raise ValueError("Requested logging filters cannot be changed between calls")
+
+    scheduler, runner = _runner(tiny_engine, cameras=("a",), report=broken)
+    scheduler.offer("a", "garbage", 0.0)
+    assert runner.run(scheduler.next_job(timeout=0)) == []
+    assert scheduler.stats()["a"].dropped["decode_error"] == 1
+
+
+def test_out_of_memory_errors_are_recognised():
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert is_out_of_memory(RuntimeError("[rknn] NPU out of memory"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))

@@ -16,6 +16,7 @@ from smolvlm_ros.pipeline.scheduler import (
     FrameScheduler,
     MosaicJob,
     QuestionJob,
+    SchedulerClosed,
     SchedulerFull,
 )
 
@@ -165,6 +166,39 @@ def test_questions_jump_ahead_of_due_captions():
     assert isinstance(sched.next_job(timeout=0), CaptionJob)
 
 
+def test_a_stream_of_questions_cannot_starve_a_due_caption():
+    sched, clock = make(rate=1.0, max_questions_per_caption=2)
+    sched.offer("a", "frame", 0.0)
+    for i in range(6):
+        sched.ask(QuestionJob("a", "frame", f"q{i}?", 4))
+
+    def next_name() -> str:
+        job = sched.next_job(timeout=0)
+        return job.question if isinstance(job, QuestionJob) else "caption"
+
+    assert [next_name() for _ in range(5)] == ["q0?", "q1?", "caption", "q2?", "q3?"]
+    assert next_name() == "q4?"  # no caption is due (one a second): questions go on
+    clock.now = 1.0
+    sched.offer("a", "frame2", 1.0)
+    assert next_name() == "q5?"  # the 2nd in a row since the caption was last checked
+    sched.ask(QuestionJob("a", "frame2", "q6?", 4))
+    assert next_name() == "caption"
+    assert next_name() == "q6?"
+    sched.reconfigure(max_questions_per_caption=1)
+    with pytest.raises(ValueError, match="max_questions_per_caption must be >= 1"):
+        sched.reconfigure(max_questions_per_caption=0)
+
+
+def test_questions_whose_caller_gave_up_take_no_turn():
+    sched, _ = make(rate=0.0)
+    expired, live = QuestionJob("a", None, "q1?", 1), QuestionJob("a", None, "q2?", 1)
+    sched.ask(expired)
+    sched.ask(live)
+    assert expired.future.cancel()  # the node's watchdog expired it
+    assert sched.pending_questions() == 1
+    assert sched.next_job(timeout=0) is live
+
+
 def test_too_many_questions_are_refused():
     sched, _ = make(max_pending_questions=2)
     for _ in range(2):
@@ -198,9 +232,9 @@ def test_close_wakes_the_worker_and_fails_waiting_questions():
     sched.ask(late)
     sched.close()
     assert sched.next_job(timeout=1) is None
-    with pytest.raises(RuntimeError, match="shutting down"):
+    with pytest.raises(SchedulerClosed, match="shutting down"):
         late.future.result(timeout=1)
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(SchedulerClosed, match="shutting down"):
         sched.ask(QuestionJob("a", None, "q4", 1))
 
 

@@ -1,16 +1,26 @@
 """Turn a scheduled job into a result: decode, gate, compose, run the engine, account for drops.
 
-Shared by the node's worker thread and the replay tool, so both treat every frame alike.
+Shared by the node's worker thread and the replay tool, so both treat every frame alike. No job
+can raise out of :meth:`JobRunner.run`: a frame that does not decode, a model that raises (out
+of memory included) fails that job only, is counted and reported, and the runner goes on; after
+repeated inference failures it asks its caller to back off.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
-from smolvlm_ros.engine.engine import DEFAULT_CAPTION_PROMPT, DEFAULT_MAX_NEW_TOKENS, Engine
+from smolvlm_ros.engine.engine import (
+    DEFAULT_CAPTION_PROMPT,
+    DEFAULT_MAX_NEW_TOKENS,
+    DeadlineExceeded,
+    Engine,
+)
 from smolvlm_ros.engine.types import Frame, Result
 from smolvlm_ros.pipeline.change import ChangeGate
 from smolvlm_ros.pipeline.intake import ImageDecodeError
@@ -27,6 +37,21 @@ from smolvlm_ros.pipeline.scheduler import (
 )
 
 log = logging.getLogger(__name__)
+
+OUT_OF_MEMORY = "out_of_memory"  # an inference failure that was the device running out of memory
+# After this many inference failures in a row, wait before the next job: 0.5 s, doubling, to 30 s.
+BACKOFF_AFTER = 2
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA), MemoryError (host), or a backend's own OOM message."""
+    return (
+        isinstance(err, MemoryError)
+        or type(err).__name__ == "OutOfMemoryError"
+        or "out of memory" in str(err).lower()
+    )
 
 
 @dataclass
@@ -54,15 +79,28 @@ class JobRunner:
         captions: CaptionSettings | None = None,
         change_gate: ChangeGate | None = None,
         should_stop: Callable[[], bool] | None = None,
-        warn: Callable[[str], None] = log.warning,
+        report: Callable[[str, str], None] | None = None,
+        progress: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``report(reason, text)`` hears of every failure (reason: DECODE_ERROR,
+        INFERENCE_ERROR or OUT_OF_MEMORY); ``progress()`` is called at every generated token,
+        for a watchdog."""
         self.engine = engine
         self.scheduler = scheduler
         self.to_frame = to_frame
         self.captions = captions or CaptionSettings()
         self.change_gate = change_gate or ChangeGate(0.0)
         self.should_stop = should_stop
-        self.warn = warn
+        self._report = report or (lambda reason, text: log.warning("%s: %s", reason, text))
+        self.progress = progress
+        self._clock = clock
+        self.failure_streak = 0  # inference failures in a row
+        self._backoff_until = float("-inf")
+
+    def backoff_s(self) -> float:
+        """Seconds the caller should wait before the next job (after repeated failures)."""
+        return max(0.0, self._backoff_until - self._clock())
 
     def run(self, job: Job) -> list[Result]:
         """The job's results: a caption and the standing questions' answers, or one answer;
@@ -79,47 +117,83 @@ class JobRunner:
             return []
         return [caption, *self._standing_answers(frame, cameras)]
 
-    def _stop_check(self, cancel: Callable[[], bool] | None) -> Callable[[], bool] | None:
-        checks = [c for c in (self.should_stop, cancel) if c is not None]
-        if len(checks) < 2:
-            return checks[0] if checks else None
-        return lambda: any(check() for check in checks)
+    def _stop_check(self, *extra: Callable[[], bool] | None) -> Callable[[], bool]:
+        """The engine's per-token poll: a progress beat, then shutdown or the caller's cancel."""
+        checks = [c for c in (self.should_stop, *extra) if c is not None]
+
+        def should_stop() -> bool:
+            if self.progress is not None:
+                self.progress()
+            return any(check() for check in checks)
+
+        return should_stop
+
+    def report(self, reason: str, text: str) -> None:
+        """Tell the caller of a failure; a failing reporter never stops the work."""
+        try:
+            self._report(reason, text)
+        except Exception:
+            log.exception("reporting a failure failed")
+
+    def _inference_failed(self, err: BaseException, what: str) -> str:
+        """Count, report and back off; returns the failure reason."""
+        reason = OUT_OF_MEMORY if is_out_of_memory(err) else INFERENCE_ERROR
+        if reason == OUT_OF_MEMORY:
+            try:
+                self.engine.free_memory()
+            except Exception:
+                log.exception("freeing memory after an out-of-memory error failed")
+        self.failure_streak += 1
+        if self.failure_streak >= BACKOFF_AFTER:
+            wait = min(BACKOFF_FIRST_S * 2 ** (self.failure_streak - BACKOFF_AFTER), BACKOFF_MAX_S)
+            self._backoff_until = self._clock() + wait
+            what += f" ({self.failure_streak} failures in a row: pausing {wait:g} s)"
+        self.report(reason, f"{what} failed: {type(err).__name__}: {err}")
+        return reason
+
+    def _inference_succeeded(self) -> None:
+        self.failure_streak = 0
+        self._backoff_until = float("-inf")
 
     def _decode(self, camera: str, item: Any) -> Frame | None:
         try:
             return item if isinstance(item, Frame) else self.to_frame(item)
         except ImageDecodeError as err:
             self.scheduler.record_drop(camera, DECODE_ERROR)
-            self.warn(f"dropped a frame from {camera}: {err}")
+            self.report(DECODE_ERROR, f"dropped a frame from {camera}: {err}")
             return None
 
     def _caption_frame(self, frame: Frame, cameras: list[str]) -> Result | None:
         try:
-            return self.engine.caption(
+            result = self.engine.caption(
                 frame,
                 self.captions.prompt,
                 max_new_tokens=self.captions.max_new_tokens,
-                should_stop=self.should_stop,
+                should_stop=self._stop_check(),
             )
         except Exception as err:  # keep serving: one bad frame must not stop the pipeline
             for camera in cameras:
                 self.scheduler.record_drop(camera, INFERENCE_ERROR)
-            self.warn(f"captioning {', '.join(cameras)} failed: {err}")
+            self._inference_failed(err, f"captioning {', '.join(cameras)}")
             return None
+        self._inference_succeeded()
+        return result
 
     def _standing_answers(self, frame: Frame, cameras: list[str]) -> list[Result]:
         if not self.captions.questions:
             return []
         try:  # the caption left the frame's embeddings in the cache: no second vision pass
-            return self.engine.ask_many(
+            results = self.engine.ask_many(
                 frame,
                 list(self.captions.questions),
                 max_new_tokens=self.captions.max_new_tokens,
-                should_stop=self.should_stop,
+                should_stop=self._stop_check(),
             )
         except Exception as err:
-            self.warn(f"standing questions about {', '.join(cameras)} failed: {err}")
+            self._inference_failed(err, f"standing questions about {', '.join(cameras)}")
             return []
+        self._inference_succeeded()
+        return results
 
     def _frame(self, job: CaptionJob) -> tuple[Frame, list[str]] | None:
         frame = self._decode(job.camera, job.item)
@@ -148,18 +222,41 @@ class JobRunner:
         return mosaic, [camera for camera, _ in frames]
 
     def _answer(self, job: QuestionJob) -> Result | None:
+        if job.future.done():  # the caller gave up while the question waited
+            return None
         try:
             frame = job.item if isinstance(job.item, Frame) else self.to_frame(job.item)
+        except ImageDecodeError as err:  # the caller learns why through the future
+            self.report(DECODE_ERROR, f"a question's image: {err}")
+            _settle(job.future, exception=err)
+            return None
+        try:
             result = self.engine.ask(
                 frame,
                 job.question,
                 max_new_tokens=job.max_new_tokens,
                 deadline=job.deadline,
-                should_stop=self._stop_check(job.cancel),
+                should_stop=self._stop_check(job.cancel, job.future.done),
                 on_token=job.on_token,
             )
-        except Exception as err:  # the caller learns why through the future
-            job.future.set_exception(err)
+        except DeadlineExceeded as err:  # waited too long: not the model's failure
+            _settle(job.future, exception=err)
             return None
-        job.future.set_result(result)
+        except Exception as err:
+            self._inference_failed(err, f"answering {job.question[:40]!r}")
+            _settle(job.future, exception=err)
+            return None
+        self._inference_succeeded()
+        _settle(job.future, result=result)
         return result
+
+
+def _settle(future: Future, result: Any = None, exception: BaseException | None = None) -> None:
+    """Complete ``future`` unless its caller already gave up on it (timed out, cancelled)."""
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass

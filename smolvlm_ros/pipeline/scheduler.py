@@ -4,8 +4,10 @@ Cameras publish at 15-60 Hz; the model handles a frame every few hundred millise
 So each camera keeps only its latest frame (a newer one replaces an unprocessed older one: memory
 is bounded and the model never works through a stale backlog), captions are paced per camera,
 cameras share the model fairly (weighted by priority), frames older than a maximum age are
-dropped rather than described, and on-demand questions jump ahead of periodic captions. Every
-frame that is not captioned is counted with the reason.
+dropped rather than described, and on-demand questions jump ahead of periodic captions, but at
+most ``max_questions_per_caption`` of them in a row while a caption is due, so a steady stream
+of questions cannot starve the cameras. Every frame that is not captioned is counted with the
+reason.
 
 Plain Python, no ROS. Time comes from ``clock`` (seconds): ROS time in the node, so that
 ``use_sim_time`` replays decide exactly like live runs; the bag's time in replay; a hand-driven
@@ -80,7 +82,7 @@ class MosaicJob:
     items: list[Any]
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself, not its fields: kept in sets while it is open
 class QuestionJob:
     """Answer ``question`` about ``item``; the answer (or an exception) goes to ``future``."""
 
@@ -99,6 +101,10 @@ Job = CaptionJob | MosaicJob | QuestionJob
 
 class SchedulerFull(RuntimeError):
     """Too many questions are waiting; the caller should refuse the request."""
+
+
+class SchedulerClosed(RuntimeError):
+    """The scheduler was closed (the node is shutting down): no more work is taken."""
 
 
 @dataclass
@@ -127,6 +133,7 @@ class FrameScheduler:
         mosaic: bool = False,
         mosaic_rate_hz: float = 1.0,
         max_pending_questions: int = 8,
+        max_questions_per_caption: int = 2,
         clock: Clock = time.monotonic,
     ) -> None:
         if not cameras:
@@ -140,6 +147,7 @@ class FrameScheduler:
             raise ValueError(f"mosaic rate must be >= 0, got {mosaic_rate_hz}")
         if max_pending_questions < 1:
             raise ValueError(f"max_pending_questions must be >= 1, got {max_pending_questions}")
+        _check_questions_per_caption(max_questions_per_caption)
         self._cameras = {
             c.name: _Camera(c.validate(), 1.0 / c.caption_rate_hz if c.caption_rate_hz else 0.0)
             for c in cameras
@@ -152,6 +160,8 @@ class FrameScheduler:
         self._virtual_time = 0.0
         self._questions: deque[QuestionJob] = deque()
         self._max_questions = max_pending_questions
+        self._questions_per_caption = max_questions_per_caption
+        self._questions_in_a_row = 0  # since the last caption turn (or since none was due)
         self._clock = clock
         self._cond = threading.Condition()
         self._closed = False
@@ -159,9 +169,6 @@ class FrameScheduler:
     @property
     def cameras(self) -> list[str]:
         return list(self._order)
-
-    def now(self) -> float:
-        return self._clock()
 
     # -- producers -----------------------------------------------------------------------------
 
@@ -180,7 +187,7 @@ class FrameScheduler:
         """Queue a question ahead of all captions; :class:`SchedulerFull` when at capacity."""
         with self._cond:
             if self._closed:
-                raise RuntimeError("the scheduler is closed")
+                raise SchedulerClosed("the node is shutting down")
             if len(self._questions) >= self._max_questions:
                 raise SchedulerFull(
                     f"{len(self._questions)} questions are already waiting (max_pending_questions)"
@@ -203,6 +210,7 @@ class FrameScheduler:
         rates_hz: dict[str, float] | None = None,
         max_frame_age_s: float | None = None,
         mosaic_rate_hz: float | None = None,
+        max_questions_per_caption: int | None = None,
     ) -> None:
         """Change pacing while running (validated values); frames already held are kept."""
         with self._cond:
@@ -216,6 +224,9 @@ class FrameScheduler:
             if mosaic_rate_hz is not None:
                 self._mosaic_period = 1.0 / mosaic_rate_hz if mosaic_rate_hz else 0.0
                 self._mosaic_due = float("-inf")
+            if max_questions_per_caption is not None:
+                _check_questions_per_caption(max_questions_per_caption)
+                self._questions_per_caption = max_questions_per_caption
             self._cond.notify()
 
     # -- reading -------------------------------------------------------------------------------
@@ -244,6 +255,7 @@ class FrameScheduler:
 
     def pending_questions(self) -> int:
         with self._cond:
+            self._discard_settled_questions()
             return len(self._questions)
 
     # -- the worker ----------------------------------------------------------------------------
@@ -253,11 +265,17 @@ class FrameScheduler:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while not self._closed:
-                if self._questions:
+                self._discard_settled_questions()
+                if self._questions and self._questions_in_a_row < self._questions_per_caption:
+                    self._questions_in_a_row += 1
                     return self._questions.popleft()
                 job, wait_s = self._next_mosaic() if self._mosaic else self._next_caption()
                 if job is not None:
+                    self._questions_in_a_row = 0
                     return job
+                if self._questions:  # no caption is due: questions go on
+                    self._questions_in_a_row = 1
+                    return self._questions.popleft()
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -267,6 +285,11 @@ class FrameScheduler:
                 # pace, so never sleep long before looking again.
                 self._cond.wait(None if wait_s is None else min(wait_s, 0.5))
             return None
+
+    def _discard_settled_questions(self) -> None:
+        """Questions whose caller gave up (timed out, cancelled) take no worker time."""
+        if any(job.future.done() for job in self._questions):
+            self._questions = deque(job for job in self._questions if not job.future.done())
 
     def _captions_on(self, cam: _Camera) -> bool:
         return self._mosaic_period > 0 if self._mosaic else cam.period_s > 0
@@ -332,14 +355,19 @@ class FrameScheduler:
         return MosaicJob([c.config.name for c in chosen], [c.latest for c in chosen]), None
 
     def close(self) -> None:
-        """Wake the worker and refuse new work; waiting questions get a RuntimeError."""
+        """Wake the worker and refuse new work; waiting questions get :class:`SchedulerClosed`."""
         with self._cond:
             self._closed = True
             while self._questions:
                 job = self._questions.popleft()
                 if not job.future.done():
-                    job.future.set_exception(RuntimeError("the node is shutting down"))
+                    job.future.set_exception(SchedulerClosed("the node is shutting down"))
             self._cond.notify_all()
+
+
+def _check_questions_per_caption(value: int) -> None:
+    if value < 1:
+        raise ValueError(f"max_questions_per_caption must be >= 1, got {value}")
 
 
 def _next_due(due: float, period: float, now: float) -> float:
