@@ -15,7 +15,7 @@ SOURCES := CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv action/*.ac
 	$(wildcard scripts/* launch/* config/*) \
 	$(shell find smolvlm_ros -name '*.py' 2>/dev/null)
 
-.PHONY: setup demo test test-slow lint format clean
+.PHONY: setup demo test test-slow soak lint format clean
 
 setup: $(BUILD_STAMP)
 
@@ -54,6 +54,11 @@ test: setup lint
 
 test-slow: setup
 	$(PY) -m pytest -m slow
+
+# The load test for longer than `make test` runs it (60 s): SOAK_S seconds, figures printed.
+SOAK_S ?= 300
+soak: setup
+	SMOLVLM_SOAK_S=$(SOAK_S) $(PY) -m pytest -s test/test_soak.py -k soak_three_cameras
 
 clean:
 	rm -rf build build.log $(VENV)

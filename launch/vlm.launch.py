@@ -4,6 +4,7 @@
     ros2 launch smolvlm_ros vlm.launch.py model:=random:256m image_topic:=/front/image_raw
     ros2 launch smolvlm_ros vlm.launch.py params_file:=/path/to/my.yaml namespace:=robot1
     ros2 launch smolvlm_ros vlm.launch.py profile:=gpu image_topics:="['/front/img', '/rear/img']"
+    ros2 launch smolvlm_ros vlm.launch.py respawn:=true   # restart after an internal failure
 
 `profile` (cpu | gpu) loads config/<profile>.yaml on top of the parameters file; `model`,
 `backend`, `device` and `image_topics` override both when given; `image_topic` remaps the
@@ -33,6 +34,11 @@ ARGUMENTS = {
         "Topic the default camera /camera/image_raw is remapped to",
     ),
     "use_sim_time": ("false", "Follow /clock (rosbag replay with --clock)"),
+    "respawn": (
+        "false",
+        "Start the node again when it exits non-zero (2: stuck model or a worker that kept dying)",
+    ),
+    "respawn_delay": ("5.0", "Seconds before a respawn"),
 }
 
 
@@ -65,6 +71,8 @@ def _node(context):
             emulate_tty=True,
             parameters=[*files, overrides],
             remappings=[("/camera/image_raw", arg("image_topic"))],
+            respawn=arg("respawn").lower() in ("true", "1", "yes"),
+            respawn_delay=float(arg("respawn_delay")),
         )
     ]
 

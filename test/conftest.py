@@ -30,3 +30,13 @@ def tiny_engine():
     from smolvlm_ros.engine import Engine, EngineConfig
 
     return Engine.from_config(EngineConfig("random:tiny", device="cpu", dtype="float32"))
+
+
+@pytest.fixture(scope="module")
+def ros():
+    """A ROS 2 client node of this process, for one test module."""
+    from ros_helpers import RosClient
+
+    client = RosClient()
+    yield client
+    client.close()

@@ -4,109 +4,24 @@ ROS time (use_sim_time), mosaics and unusual encodings, against vlm_node on rand
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 
 import cv2
 import numpy as np
-import pytest
-from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 
-from ros_helpers import NodeProcess, RosClient, image_msg, wait_for
-from smolvlm_ros.msg import Caption
-
-
-@pytest.fixture(scope="module")
-def ros():
-    client = RosClient()
-    yield client
-    client.close()
-
-
-def start(ros, tmp_path, **params) -> NodeProcess:
-    node = NodeProcess(
-        tmp_path, {"model": "random:tiny", "device": "cpu", "max_new_tokens": 3, **params}
-    )
-    wait_for(lambda: node.proc.poll() is not None or "listening on" in node.log, 120)
-    assert node.proc.poll() is None and "listening on" in node.log, node.log
-    return node
-
-
-def stop(node: NodeProcess) -> None:
-    assert node.stop() == 0, node.log
-
-
-class Collector:
-    def __init__(self, ros, topic, msg_type=Caption):
-        self.items: list = []
-        self.times: list[float] = []
-        self.sub = ros.node.create_subscription(msg_type, topic, self._on, 50)
-
-    def _on(self, msg) -> None:
-        self.items.append(msg)
-        self.times.append(time.monotonic())
-
-
-def camera_stats(ros, node: NodeProcess, camera: str, timeout: float = 10.0) -> dict[str, str]:
-    """The node's /diagnostics entry for ``camera``, as a dict."""
-    name = f"{node.namespace}/smolvlm: {camera}"
-    found: dict[str, str] = {}
-
-    def on(msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            if status.name == name:
-                found.clear()
-                found.update({kv.key: kv.value for kv in status.values})
-                found["_level"] = str(status.level)
-                found["_message"] = status.message
-
-    sub = ros.node.create_subscription(DiagnosticArray, "/diagnostics", on, 10)
-    try:
-        assert wait_for(lambda: bool(found), timeout), f"no diagnostics for {name}"
-        return dict(found)
-    finally:
-        ros.node.destroy_subscription(sub)
-
-
-def stamp_ns_of(msg) -> int:
-    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-
-
-class Camera:
-    """Publishes a photo at a fixed rate from a thread, stamping frames with the wall clock.
-
-    Frames are 320x240: best-effort DDS over loopback drops many 640x480 frames (each is
-    fragmented into a dozen datagrams) when a 2-core machine is busy, which would make counts
-    in these tests depend on the machine's load rather than on the node.
-    """
-
-    def __init__(self, ros, topic: str, rgb: np.ndarray, rate_hz: float, stamp_offset_s: float = 0):
-        self.pub = ros.node.create_publisher(Image, topic, qos_profile_sensor_data)
-        self.rgb = cv2.resize(rgb, (320, 240), interpolation=cv2.INTER_AREA)
-        self.period, self.offset = 1.0 / rate_hz, stamp_offset_s
-        self.sent: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            stamp = int((time.time() + self.offset) * 1e9)
-            self.pub.publish(image_msg(self.rgb, stamp, "cam"))
-            self.sent.append(stamp)
-            next_at += self.period
-            time.sleep(max(0.0, next_at - time.monotonic()))
-
-    def __enter__(self) -> Camera:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+from ros_helpers import (
+    Camera,
+    Collector,
+    camera_stats,
+    image_msg,
+    stamp_ns_of,
+    start,
+    stop,
+    wait_for,
+)
 
 
 def test_30hz_camera_at_1hz_gives_a_caption_a_second_of_the_newest_frame(ros, tmp_path, photos):

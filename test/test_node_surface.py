@@ -5,24 +5,24 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
-from test_camera_pipeline import Camera, Collector, camera_stats, stamp_ns_of, start, stop
 
-from ros_helpers import RosClient, image_msg, wait_for
+from ros_helpers import (
+    Camera,
+    Collector,
+    camera_stats,
+    image_msg,
+    stamp_ns_of,
+    start,
+    stop,
+    wait_for,
+)
 from smolvlm_ros.msg import VqaAnswer
 from smolvlm_ros.srv import AskQuestion
-
-
-@pytest.fixture(scope="module")
-def ros():
-    client = RosClient()
-    yield client
-    client.close()
 
 
 def test_standing_questions_are_answered_with_source_stamps(ros, tmp_path, photos):

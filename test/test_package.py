@@ -103,7 +103,7 @@ def test_launch_file_declares_its_arguments():
     names = {key.value for key in arguments.keys}
     assert names == {
         "params_file", "namespace", "profile", "model", "backend", "device", "image_topics",
-        "image_topic", "use_sim_time",
+        "image_topic", "use_sim_time", "respawn", "respawn_delay",
     }  # fmt: skip
     assert 'executable="vlm_node"' in source and 'package="smolvlm_ros"' in source
 
@@ -114,6 +114,8 @@ def test_core_imports_without_ros():
         "import sys; sys.modules['rclpy'] = None\n"
         "import smolvlm_ros.engine, smolvlm_ros.models, smolvlm_ros.pipeline.scheduler\n"
         "import smolvlm_ros.pipeline.intake, smolvlm_ros.tools.sample_bag, smolvlm_ros.bench\n"
+        "import smolvlm_ros.pipeline.requests, smolvlm_ros.pipeline.runner\n"
+        "import smolvlm_ros.node.supervision\n"
         "import smolvlm_ros.replay.__main__, smolvlm_ros.replay.compare\n"
         "assert not any(m.startswith('rclpy') and sys.modules[m] for m in sys.modules)\n"
         "print('ok')\n"

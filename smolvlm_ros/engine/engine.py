@@ -262,6 +262,13 @@ class Engine:
     def clear_cache(self) -> None:
         self.cache.clear()
 
+    def free_memory(self) -> None:
+        """After an out-of-memory error: drop cached embeddings and the allocator's spare blocks,
+        so the next request starts from the model's own footprint."""
+        self.cache.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     # -- stages --------------------------------------------------------------------------------
 
     def plan(self, frame: Frame) -> TilePlan:

@@ -1,10 +1,18 @@
 """The node's state as diagnostic_msgs/DiagnosticArray, for /diagnostics (rqt_robot_monitor,
-diagnostic_aggregator): one status for the model, one per camera."""
+diagnostic_aggregator): one status for the model, one per camera.
+
+The model's status is ERROR while the worker is stalled past half its watchdog timeout, was
+restarted after a crash in the last minute, is backing off after repeated failures, or fails
+every request; WARN with failures of any kind. A camera's status is WARN when it is silent or
+when its captions fall well below their target rate (the model is too slow for all cameras, or
+questions take its time).
+"""
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -12,10 +20,69 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
 from smolvlm_ros.engine import Engine
-from smolvlm_ros.pipeline.scheduler import DROP_REASONS, INFERENCE_ERROR, CameraStats
+from smolvlm_ros.node.supervision import FAILURE_REASONS
+from smolvlm_ros.pipeline.scheduler import (
+    DECODE_ERROR,
+    DROP_REASONS,
+    INFERENCE_ERROR,
+    UNCHANGED,
+    CameraStats,
+)
 
 # A camera silent for longer than this is reported as a warning.
 SILENT_AFTER_S = 5.0
+# A camera whose caption turns fall below this share of its target rate is reported as a
+# warning, once the rate has been measured over RATE_WINDOW_S (or three caption periods).
+SLOW_CAPTIONS_SHARE = 0.5
+RATE_WINDOW_S = 10.0
+
+
+@dataclass
+class WorkerHealth:
+    """The worker's state as the node's supervision sees it."""
+
+    failures: dict[str, int] = field(default_factory=dict)  # reason -> count since start
+    last_failure: str = ""
+    crash: str | None = None  # why the worker thread died, if it did recently
+    stalled: tuple[str, float] | None = None  # (busy with, seconds without progress)
+    watchdog_timeout_s: float = 0.0
+    backoff_s: float = 0.0  # pausing after repeated inference failures
+    failure_streak: int = 0
+    fatal: str | None = None  # the node is exiting because of this
+
+
+class CaptionRates:
+    """Each camera's caption turns per second over a sliding window, against its target.
+
+    A turn is a frame the worker took for captioning (captioned, or dropped as unchanged or
+    undecodable): the camera got model time. The target is the configured rate, or the input
+    rate when the camera publishes slower than that.
+    """
+
+    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._samples: dict[str, deque[tuple[float, int]]] = {}
+
+    def update(
+        self,
+        now: float,
+        cameras: dict[str, CameraStats],
+        targets_hz: dict[str, float],
+        input_rates_hz: dict[str, float],
+    ) -> dict[str, tuple[float, float] | None]:
+        """camera -> (measured turns/s, target/s), or None until measured over a window."""
+        out: dict[str, tuple[float, float] | None] = {}
+        for camera, stats in cameras.items():
+            turns = stats.captioned + stats.dropped[UNCHANGED] + stats.dropped[DECODE_ERROR]
+            samples = self._samples.setdefault(camera, deque())
+            samples.append((now, turns))
+            target = min(targets_hz.get(camera, 0.0), input_rates_hz.get(camera, 0.0))
+            window = max(self.window_s, 3.0 / target) if target > 0 else self.window_s
+            while len(samples) > 2 and now - samples[1][0] >= window:
+                samples.popleft()
+            (t0, n0), (t1, n1) = samples[0], samples[-1]
+            out[camera] = ((n1 - n0) / (t1 - t0), target) if t1 - t0 >= window else None
+        return out
 
 
 class LatencyWindow:
@@ -51,18 +118,14 @@ def diagnostics(
     pending_questions: int,
     latency: LatencyWindow,
     input_rates_hz: dict[str, float],
+    caption_rates: dict[str, tuple[float, float] | None] | None = None,
+    health: WorkerHealth | None = None,
 ) -> DiagnosticArray:
     backend = engine.backend
-    failures = sum(s.dropped.get(INFERENCE_ERROR, 0) for s in cameras.values())
+    health = health or WorkerHealth()
+    inference_failures = sum(s.dropped.get(INFERENCE_ERROR, 0) for s in cameras.values())
     captioned = sum(s.captioned for s in cameras.values())
-    if failures and not captioned:
-        level, message = DiagnosticStatus.ERROR, f"inference failing ({failures} failures)"
-    elif failures:
-        level, message = DiagnosticStatus.WARN, f"{failures} inference failures"
-    else:
-        level, message = DiagnosticStatus.OK, f"{engine.loaded.spec} loaded"
-    if engine.is_random:
-        message += " (RANDOM weights)"
+    level, message = _model_level(engine, health, inference_failures, captioned)
     percentiles = latency.percentiles()
     model = DiagnosticStatus(
         level=level,
@@ -75,7 +138,10 @@ def diagnostics(
             _kv("device", backend.device),
             _kv("dtype", backend.dtype),
             _kv("pending_questions", pending_questions),
-            _kv("inference_failures", failures),
+            _kv("inference_failures", inference_failures),
+            *(_kv(f"failures_{r}", health.failures.get(r, 0)) for r in FAILURE_REASONS),
+            _kv("last_failure", health.last_failure),
+            _kv("watchdog_timeout_s", f"{health.watchdog_timeout_s:g}"),
             *(
                 _kv(f"latency_{name}_ms" if name != "count" else "latency_samples", f"{v:.0f}")
                 for name, v in percentiles.items()
@@ -85,14 +151,22 @@ def diagnostics(
     statuses = [model]
     for camera, stats in cameras.items():
         age = None if stats.last_stamp is None else now_s - stats.last_stamp
+        rate = (caption_rates or {}).get(camera)
         if age is None:
             level, message = DiagnosticStatus.WARN, "no frames received yet"
         elif age > SILENT_AFTER_S:
             level, message = DiagnosticStatus.WARN, f"no frames for {age:.1f} s"
+        elif rate is not None and rate[0] < SLOW_CAPTIONS_SHARE * rate[1]:
+            level, message = (
+                DiagnosticStatus.WARN,
+                f"captioning at {rate[0]:.2f} Hz, target {rate[1]:.2f} Hz: the model is too "
+                "slow for every camera, or questions take its time",
+            )
         else:
             level, message = DiagnosticStatus.OK, "receiving"
         values = [
             _kv("input_rate_hz", f"{input_rates_hz.get(camera, 0.0):.1f}"),
+            _kv("caption_rate_hz", "" if rate is None else f"{rate[0]:.2f}"),
             _kv("received", stats.received),
             _kv("captioned", stats.captioned),
             *(_kv(f"dropped_{reason}", stats.dropped.get(reason, 0)) for reason in DROP_REASONS),
@@ -108,3 +182,34 @@ def diagnostics(
             )
         )
     return DiagnosticArray(header=Header(stamp=stamp), status=statuses)
+
+
+def _model_level(
+    engine: Engine, health: WorkerHealth, inference_failures: int, captioned: int
+) -> tuple[bytes, str]:
+    """The model status's level and message: the worst condition first."""
+    error, warn = DiagnosticStatus.ERROR, DiagnosticStatus.WARN
+    stalled = health.stalled
+    if health.fatal:
+        level, message = error, f"exiting: {health.fatal}"
+    elif stalled and health.watchdog_timeout_s and stalled[1] > health.watchdog_timeout_s / 2:
+        level, message = error, f"no progress for {stalled[1]:.0f} s on a {stalled[0]}"
+    elif health.crash:
+        level, message = error, f"worker thread died and was restarted: {health.crash}"
+    elif health.backoff_s > 0:
+        level, message = (
+            error,
+            (
+                f"inference failing ({health.failure_streak} in a row), pausing "
+                f"{health.backoff_s:.1f} s: {health.last_failure}"
+            ),
+        )
+    elif inference_failures and not captioned:
+        level, message = error, f"inference failing ({inference_failures} failures)"
+    elif inference_failures:
+        level, message = warn, f"{inference_failures} inference failures"
+    else:
+        level, message = DiagnosticStatus.OK, f"{engine.loaded.spec} loaded"
+    if engine.is_random:
+        message += " (RANDOM weights)"
+    return level, message

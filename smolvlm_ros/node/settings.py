@@ -29,6 +29,8 @@ LIVE = (
     "max_frame_age_s",
     "change_threshold",
     "ask_timeout_s",
+    "max_questions_per_caption",
+    "watchdog_timeout_s",
 )
 
 
@@ -63,6 +65,8 @@ class NodeSettings:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     ask_timeout_s: float = 30.0
     max_pending_questions: int = 8
+    max_questions_per_caption: int = 2
+    watchdog_timeout_s: float = 120.0
 
     def validate(self) -> NodeSettings:
         """Return self, or raise :class:`SettingsError` naming the parameter and the fix."""
@@ -128,6 +132,14 @@ class NodeSettings:
             raise SettingsError(
                 f"max_pending_questions {self.max_pending_questions}: expected at least 1"
             )
+        if self.max_questions_per_caption < 1:
+            raise SettingsError(
+                f"max_questions_per_caption {self.max_questions_per_caption}: expected at least 1"
+            )
+        if self.watchdog_timeout_s < 0:
+            raise SettingsError(
+                f"watchdog_timeout_s {self.watchdog_timeout_s}: expected 0 (off) or more seconds"
+            )
         try:
             self.tiling().validate()
         except TilingError as err:
@@ -166,6 +178,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "max_new_tokens": (1, MAX_NEW_TOKENS_LIMIT),
     "ask_timeout_s": (0.001, 86400.0),
     "max_pending_questions": (1, 1000),
+    "max_questions_per_caption": (1, 1000),
+    "watchdog_timeout_s": (0.0, 86400.0),
 }
 
 DESCRIPTIONS = {
@@ -192,5 +206,7 @@ DESCRIPTIONS = {
     "max_new_tokens": f"Longest caption or answer, in tokens (1-{MAX_NEW_TOKENS_LIMIT}).",
     "ask_timeout_s": "How long ~/ask waits for its answer before failing.",
     "max_pending_questions": "~/ask requests that may wait at once; more are refused.",
+    "max_questions_per_caption": "Questions that may go ahead of a due caption, in a row.",
+    "watchdog_timeout_s": "Exit (code 2) if the model makes no progress this long; 0: never.",
 }
 assert set(DESCRIPTIONS) == {f.name for f in fields(NodeSettings)}

@@ -6,12 +6,22 @@ thread takes jobs from the :class:`FrameScheduler` and runs them through the sha
 :class:`JobRunner`, and ``~/ask`` queues its question ahead of captions and waits for the
 answer. All scheduling decisions use the node's ROS clock, so ``use_sim_time`` replays behave
 like live runs.
+
+Supervision: no exception in a callback or the worker ends the node's work. Callbacks contain
+their failures (a request gets an ``error``), the worker fails only the job at hand, a dead
+worker thread is restarted, and a watchdog thread expires requests the worker cannot reach in
+time and ends the process (exit code 2) when the model stops making progress, so that a
+supervisor restarts it instead of leaving a zombie.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -38,7 +48,7 @@ from smolvlm_ros.engine import (
     Result,
 )
 from smolvlm_ros.msg import Caption, VqaAnswer
-from smolvlm_ros.node.diagnostics import LatencyWindow, diagnostics
+from smolvlm_ros.node.diagnostics import CaptionRates, LatencyWindow, WorkerHealth, diagnostics
 from smolvlm_ros.node.messages import stamp_to_ns, to_caption, to_vqa_answer
 from smolvlm_ros.node.settings import (
     DESCRIPTIONS,
@@ -50,15 +60,85 @@ from smolvlm_ros.node.settings import (
     NodeSettings,
     SettingsError,
 )
+from smolvlm_ros.node.supervision import (
+    CALLBACK_ERROR,
+    DECODE_ERROR,
+    EXPIRED,
+    WORKER_RESTART,
+    FailureCounts,
+    Heartbeat,
+    RestartingThread,
+    SafeLogger,
+)
 from smolvlm_ros.pipeline.change import ChangeGate
 from smolvlm_ros.pipeline.intake import ImageDecodeError, is_compressed_topic, message_to_rgb
+from smolvlm_ros.pipeline.requests import (
+    RequestError,
+    check_max_new_tokens,
+    check_question,
+    check_seconds,
+)
 from smolvlm_ros.pipeline.runner import CaptionSettings, JobRunner
-from smolvlm_ros.pipeline.scheduler import FrameScheduler, QuestionJob, SchedulerFull
+from smolvlm_ros.pipeline.scheduler import (
+    FrameScheduler,
+    QuestionJob,
+    SchedulerClosed,
+    SchedulerFull,
+)
 from smolvlm_ros.srv import AskQuestion
+
+# Exit codes of the process (see node/__init__.py): start-up failed / stopped by a failure.
+EXIT_START_FAILED = 1
+EXIT_INTERNAL_FAILURE = 2
+# The watchdog's period, and the grace after a request's deadline before it answers for a
+# worker that could not (a generation that reaches its deadline ends at the next token anyway).
+WATCHDOG_PERIOD_S = 0.1
+EXPIRY_GRACE_S = 0.1
+# How long a worker crash keeps /diagnostics at ERROR.
+CRASH_REPORTED_FOR_S = 60.0
+# Shutdown waits this long for the worker (a backend stuck in native code cannot be joined).
+WORKER_JOIN_S = 10.0
 
 
 class AskError(Exception):
     """A ~/ask request cannot be answered; the message goes to the caller as ``error``."""
+
+
+def contained(reply: Callable[..., Any] | None = None):
+    """Decorate a ROS callback so that no exception escapes into the executor.
+
+    An exception that escapes a callback ends ``executor.spin()`` and with it the node; here it
+    is counted, logged, and, for requests, turned into a reply by ``reply(self, *args, err)``.
+    """
+
+    def decorate(callback):
+        def on_error(self, args, err: Exception):
+            detail = f"{callback.__name__}: {type(err).__name__}: {err}"
+            self.failures.add(CALLBACK_ERROR, detail)
+            self.log.error(f"contained an unexpected error in {detail}", every_s=5.0)
+            return reply(self, *args, err) if reply is not None else None
+
+        if inspect.iscoroutinefunction(callback):
+
+            @functools.wraps(callback)
+            async def guarded_async(self, *args):
+                try:
+                    return await callback(self, *args)
+                except Exception as err:
+                    return on_error(self, args, err)
+
+            return guarded_async
+
+        @functools.wraps(callback)
+        def guarded(self, *args):
+            try:
+                return callback(self, *args)
+            except Exception as err:
+                return on_error(self, args, err)
+
+        return guarded
+
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -80,17 +160,86 @@ class ReceivedImage:
 
 
 class VlmNode(Node):
-    """The SmolVLM node. Raises :class:`SettingsError` / ``ModelLoadError`` from the constructor."""
+    """The SmolVLM node. Raises :class:`SettingsError` / ``ModelLoadError`` from the constructor.
 
-    def __init__(self, node_name: str = "smolvlm", **kwargs: Any) -> None:
+    ``on_fatal`` is called (from the watchdog thread) when the node cannot go on; ``fatal_error``
+    then says why, and the process should exit with :data:`EXIT_INTERNAL_FAILURE`.
+    """
+
+    def __init__(
+        self,
+        node_name: str = "smolvlm",
+        on_fatal: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(node_name, **kwargs)
+        self.log = SafeLogger(self.get_logger())
+        self.failures = FailureCounts()
+        self.fatal_error: str | None = None
+        self._on_fatal = on_fatal or (lambda: None)
         self.settings = self._read_settings()
         s = self.settings
-        # Cameras are named by their resolved topic (after namespace and remapping), as
-        # `ros2 topic list` shows them; ~/ask also accepts the names as configured.
+        cameras = self._resolve_cameras(s.image_topics)
+        self.log.info(f"loading model {s.model!r} (device={s.device}, dtype={s.dtype})")
+        self.engine = Engine.from_config(
+            EngineConfig(
+                model=s.model, backend=s.backend, device=s.device, dtype=s.dtype, tiling=s.tiling()
+            )
+        )
+        if self.engine.is_random:
+            self.log.warning(
+                f"model {s.model!r} has RANDOM weights: its captions are meaningless text "
+                "(for tests and benchmarks; set `model` to a real checkpoint for real captions)"
+            )
+        backend = self.engine.backend
+        self.log.info(f"model ready on {backend.name}/{backend.device} ({backend.dtype})")
+
+        self.default_camera = cameras[0]
+        self.scheduler = FrameScheduler(
+            s.camera_configs(cameras),
+            max_frame_age_s=s.max_frame_age_s,
+            mosaic=s.mosaic,
+            mosaic_rate_hz=s.caption_rate_hz,
+            max_pending_questions=s.max_pending_questions,
+            max_questions_per_caption=s.max_questions_per_caption,
+            clock=self._ros_seconds,
+        )
+        self._stop = threading.Event()
+        self.heartbeat = Heartbeat()
+        self.runner = JobRunner(
+            self.engine,
+            self.scheduler,
+            to_frame=ReceivedImage.to_frame,
+            captions=CaptionSettings(s.caption_prompt, s.max_new_tokens, s.questions),
+            change_gate=ChangeGate(s.change_threshold),
+            should_stop=self._stop.is_set,
+            report=self._on_failure,
+            progress=self.heartbeat.beat,
+        )
+        self.latency = LatencyWindow()
+        self.caption_rates = CaptionRates()
+        self._last_diagnostics: tuple[float, dict[str, int]] = (time.monotonic(), {})
+        # Questions handed to the worker and not answered yet, for the watchdog to expire.
+        self._open_questions: set[QuestionJob] = set()
+        self._open_lock = threading.Lock()
+        self._create_interfaces(cameras)
+
+        self.worker = RestartingThread(self._work, name="smolvlm-worker")
+        self.worker.start()
+        self._watchdog = threading.Thread(target=self._watch, name="smolvlm-watchdog", daemon=True)
+        self._watchdog.start()
+        mode = "one mosaic of all cameras" if s.mosaic else "per camera"
+        self.log.info(
+            f"listening on {', '.join(cameras)}; captions on {self.caption_pub.topic_name} "
+            f"at up to {s.caption_rate_hz} Hz {mode}; questions on {self.ask_srv.service_name}"
+        )
+
+    def _resolve_cameras(self, topics: tuple[str, ...]) -> list[str]:
+        """Cameras are named by their resolved topic (after namespace and remapping), as `ros2
+        topic list` shows them; ~/ask also accepts the names as configured."""
         self._camera_aliases: dict[str, str] = {}
         cameras = []
-        for topic in s.image_topics:
+        for topic in topics:
             try:
                 resolved = self.resolve_topic_name(topic)
             except RCLError as err:
@@ -100,42 +249,10 @@ class VlmNode(Node):
             self._camera_aliases[topic] = resolved
             self._camera_aliases[resolved] = resolved
             cameras.append(resolved)
-        self.get_logger().info(f"loading model {s.model!r} (device={s.device}, dtype={s.dtype})")
-        self.engine = Engine.from_config(
-            EngineConfig(
-                model=s.model, backend=s.backend, device=s.device, dtype=s.dtype, tiling=s.tiling()
-            )
-        )
-        if self.engine.is_random:
-            self.get_logger().warn(
-                f"model {s.model!r} has RANDOM weights: its captions are meaningless text "
-                "(for tests and benchmarks; set `model` to a real checkpoint for real captions)"
-            )
-        backend = self.engine.backend
-        self.get_logger().info(f"model ready on {backend.name}/{backend.device} ({backend.dtype})")
+        return cameras
 
-        self.default_camera = cameras[0]
-        self.scheduler = FrameScheduler(
-            s.camera_configs(cameras),
-            max_frame_age_s=s.max_frame_age_s,
-            mosaic=s.mosaic,
-            mosaic_rate_hz=s.caption_rate_hz,
-            max_pending_questions=s.max_pending_questions,
-            clock=self._ros_seconds,
-        )
-        self._stop = threading.Event()
-        self.runner = JobRunner(
-            self.engine,
-            self.scheduler,
-            to_frame=ReceivedImage.to_frame,
-            captions=CaptionSettings(s.caption_prompt, s.max_new_tokens, s.questions),
-            change_gate=ChangeGate(s.change_threshold),
-            should_stop=self._stop.is_set,
-            warn=lambda text: self.get_logger().warn(text, throttle_duration_sec=5.0),
-        )
-
-        self.latency = LatencyWindow()
-        self._last_diagnostics: tuple[float, dict[str, int]] = (time.monotonic(), {})
+    def _create_interfaces(self, cameras: list[str]) -> None:
+        s = self.settings
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.caption_pub = self.create_publisher(Caption, "~/caption", 10)
         self.answer_pub = self.create_publisher(VqaAnswer, "~/answer", 10)
@@ -173,14 +290,6 @@ class VlmNode(Node):
             execute_callback=self._execute_describe,
             cancel_callback=lambda _: CancelResponse.ACCEPT,
             callback_group=ReentrantCallbackGroup(),
-        )
-
-        self._worker = threading.Thread(target=self._work, name="smolvlm-worker", daemon=True)
-        self._worker.start()
-        mode = "one mosaic of all cameras" if s.mosaic else "per camera"
-        self.get_logger().info(
-            f"listening on {', '.join(cameras)}; captions on {self.caption_pub.topic_name} "
-            f"at up to {s.caption_rate_hz} Hz {mode}; questions on {self.ask_srv.service_name}"
         )
 
     def _ros_seconds(self) -> float:
@@ -222,6 +331,10 @@ class VlmNode(Node):
             raise SettingsError(f"unknown parameter(s) {', '.join(unknown)}; known: {known}")
         return NodeSettings(**values).validate()
 
+    def _refuse_parameters(self, params: list[Parameter], err: Exception) -> SetParametersResult:
+        return SetParametersResult(successful=False, reason=f"internal error: {err}")
+
+    @contained(reply=_refuse_parameters)
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate and apply live changes (ROS has already refused read-only ones)."""
         ours = {p.name: p.value for p in params if p.name in LIVE}
@@ -241,22 +354,30 @@ class VlmNode(Node):
             rates_hz={c.name: c.caption_rate_hz for c in settings.camera_configs(names)},
             max_frame_age_s=settings.max_frame_age_s,
             mosaic_rate_hz=settings.caption_rate_hz,
+            max_questions_per_caption=settings.max_questions_per_caption,
         )
         self.runner.captions = CaptionSettings(
             settings.caption_prompt, settings.max_new_tokens, settings.questions
         )
         self.runner.change_gate.threshold = settings.change_threshold
-        self.get_logger().info(f"reconfigured: {', '.join(sorted(ours))}")
+        self.log.info(f"reconfigured: {', '.join(sorted(ours))}")
         return SetParametersResult(successful=True)
 
     # -- intake ----------------------------------------------------------------------------
 
+    @contained()
     def _on_image(self, camera: str, msg: Any) -> None:
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec / 1e9
         self.scheduler.offer(camera, ReceivedImage(camera, msg, time.monotonic()), stamp)
 
     # -- ~/ask -----------------------------------------------------------------------------
 
+    def _ask_failed(self, request, response, err: Exception) -> AskQuestion.Response:
+        response.success = False
+        response.error = f"internal error: {type(err).__name__}: {err}"
+        return response
+
+    @contained(reply=_ask_failed)
     async def _on_ask(self, request: AskQuestion.Request, response: AskQuestion.Response):
         """Never blocks the executor: the question is queued and the callback awaits it."""
         try:
@@ -267,19 +388,33 @@ class VlmNode(Node):
         except AskError as err:
             response.success = False
             response.error = str(err)
-            self.get_logger().warn(f"~/ask refused: {err}")
+            self.log.warning(f"~/ask refused: {err}", every_s=5.0, key="ask refused")
         return response
 
     def _submit(self, job: QuestionJob):
         try:
-            return self.scheduler.ask(job)
+            future = self.scheduler.ask(job)
         except SchedulerFull as err:
             raise AskError(f"node is busy: {err}; try again later") from err
-        except RuntimeError as err:  # closed: shutting down
+        except SchedulerClosed as err:
             raise AskError(str(err)) from err
+        with self._open_lock:
+            self._open_questions.add(job)
+        future.add_done_callback(lambda _: self._forget(job))
+        return future
+
+    def _forget(self, job: QuestionJob) -> None:
+        with self._open_lock:
+            self._open_questions.discard(job)
 
     # -- ~/describe (action) ---------------------------------------------------------------
 
+    def _describe_failed(self, goal_handle, err: Exception) -> Describe.Result:
+        with contextlib.suppress(Exception):  # already terminal: the result still goes out
+            goal_handle.abort()
+        return Describe.Result(success=False, error=f"internal error: {type(err).__name__}: {err}")
+
+    @contained(reply=_describe_failed)
     async def _execute_describe(self, goal_handle) -> Describe.Result:
         """Like ~/ask, with the text streamed as feedback and cancellation."""
         goal = goal_handle.request
@@ -299,18 +434,21 @@ class VlmNode(Node):
             await self._wait_for(self._submit(job))
             if goal_handle.is_cancel_requested:
                 goal_handle.canceled()
-                partial = job.future.result() if job.future.exception() is None else None
-                answer = to_vqa_answer(partial) if partial is not None else VqaAnswer()
+                future = job.future
+                finished = future.done() and not future.cancelled() and not future.exception()
+                answer = to_vqa_answer(future.result()) if finished else VqaAnswer()
                 return Describe.Result(success=False, error="cancelled", answer=answer)
             answer = to_vqa_answer(self._answer_of(job.future))
         except AskError as err:
             goal_handle.abort()
+            self.log.warning(f"~/describe aborted: {err}", every_s=5.0, key="describe aborted")
             return Describe.Result(success=False, error=str(err))
         goal_handle.succeed()
         return Describe.Result(success=True, answer=answer)
 
     async def _wait_for(self, future) -> None:
-        """Await a concurrent Future completed by the worker thread, inside the executor."""
+        """Await a concurrent Future completed by the worker thread (or expired by the
+        watchdog), inside the executor."""
         done = self.executor.create_future()
         # A done callback makes completion (from the worker thread) wake the executor.
         done.add_done_callback(lambda _: None)
@@ -318,45 +456,38 @@ class VlmNode(Node):
         await done
 
     def _question_job(self, request: Any, question: str) -> QuestionJob:
-        """A job from an ~/ask request or a ~/describe goal (fields they share)."""
+        """A job from an ~/ask request or a ~/describe goal (fields they share), every field
+        checked before use."""
         s = self.settings
-        question = question.strip()
-        if not question:
-            raise AskError("question is empty")
-        max_new_tokens = request.max_new_tokens or s.max_new_tokens
-        if max_new_tokens > MAX_NEW_TOKENS_LIMIT:
-            raise AskError(
-                f"max_new_tokens {max_new_tokens} is above the limit {MAX_NEW_TOKENS_LIMIT}"
+        try:
+            question = check_question(question)
+            max_new_tokens = check_max_new_tokens(
+                request.max_new_tokens, s.max_new_tokens, MAX_NEW_TOKENS_LIMIT
             )
+            max_age_s = check_seconds("max_age_s", getattr(request, "max_age_s", 0.0), "any age")
+            timeout_s = check_seconds(
+                "timeout_s", getattr(request, "timeout_s", 0.0), "the node's ask_timeout_s"
+            )
+        except RequestError as err:
+            raise AskError(str(err)) from None
         if len(request.image.data) > 0:
             camera = ""
             try:
                 item = ReceivedImage("", request.image, time.monotonic()).to_frame()
             except ImageDecodeError as err:
+                self.failures.add(DECODE_ERROR, f"a request's image: {err}")
                 raise AskError(f"the request's image: {err}") from err
         else:
-            name = request.camera.strip() or self.default_camera
-            camera = self._camera_aliases.get(name) or self._camera_aliases.get(
-                self.resolve_topic_name(name)
-            )
-            if camera is None:
-                known = ", ".join(self.scheduler.cameras)
-                raise AskError(f"unknown camera {name!r}: this node listens on {known}")
+            camera = self._camera_of(request.camera)
             item = self.scheduler.latest(camera)
             if item is None:
                 raise AskError(f"no image received yet on {camera}")
-            max_age_s = getattr(request, "max_age_s", 0.0)
-            if max_age_s < 0:
-                raise AskError(f"max_age_s {max_age_s} is negative")
             age = self._ros_seconds() - self.scheduler.latest_stamp(camera)
             if max_age_s and age > max_age_s:
                 raise AskError(
                     f"the latest frame on {camera} is {age:.2f} s old (max_age_s "
                     f"{max_age_s}): is the camera still publishing?"
                 )
-        timeout_s = getattr(request, "timeout_s", 0.0)
-        if timeout_s < 0:
-            raise AskError(f"timeout_s {timeout_s} is negative")
         return QuestionJob(
             camera=camera,
             item=item,
@@ -365,18 +496,23 @@ class VlmNode(Node):
             deadline=time.monotonic() + (timeout_s or s.ask_timeout_s),
         )
 
+    def _camera_of(self, name: str) -> str:
+        return camera_of(name, self._camera_aliases, self.resolve_topic_name, self.default_camera)
+
     def _answer_of(self, future) -> Result:
         timeout = "no answer in time (timeout_s, or the ask_timeout_s parameter)"
+        if future.cancelled():  # expired by the watchdog: the worker could not get to it
+            raise AskError(f"{timeout}; the model is busy or stuck")
         try:
             result = future.result()
         except DeadlineExceeded:
             raise AskError(timeout) from None
         except ImageDecodeError as err:
             raise AskError(f"the camera's latest image: {err}") from err
-        except RuntimeError as err:  # e.g. the node is shutting down
+        except SchedulerClosed as err:
             raise AskError(str(err)) from err
         except Exception as err:  # the worker's failure, passed on to the caller
-            raise AskError(f"inference failed: {err}") from err
+            raise AskError(f"inference failed: {type(err).__name__}: {err}") from err
         if result.finish_reason == FINISH_DEADLINE:
             raise AskError(timeout)
         if result.finish_reason == FINISH_CANCELLED:
@@ -385,23 +521,113 @@ class VlmNode(Node):
 
     # -- worker ----------------------------------------------------------------------------
 
+    def _on_failure(self, reason: str, text: str) -> None:
+        """The runner's report of a failed job: counted per reason, logged at a rate limit."""
+        self.failures.add(reason, text)
+        self.log.warning(text, every_s=5.0, key=reason)
+
     def _work(self) -> None:
+        """The worker loop; a job's failure never ends it (the runner contains model and
+        decode errors, this loop anything else), and if it ends anyway the watchdog restarts it.
+        """
         while not self._stop.is_set():
+            backoff = self.runner.backoff_s()
+            if backoff > 0:  # repeated inference failures: let a transient fault pass
+                self._stop.wait(backoff)
+                continue
             job = self.scheduler.next_job(timeout=0.5)
             if job is None:
                 continue
-            results = self.runner.run(job)
-            if self._stop.is_set():  # cut short by shutdown: not a real result
-                break
-            if isinstance(job, QuestionJob):  # ~/ask answers go to their caller only
-                continue
-            for result in results:
-                self.latency.add(result.timing.total_ms)
-                if result.kind == CAPTION:
-                    self.caption_pub.publish(to_caption(result))
-                else:
-                    self.answer_pub.publish(to_vqa_answer(result))
+            self.heartbeat.start(type(job).__name__)
+            try:
+                results = self.runner.run(job)
+                if self._stop.is_set():  # cut short by shutdown: not a real result
+                    break
+                if not isinstance(job, QuestionJob):  # ~/ask answers go to their caller only
+                    self._publish(results)
+            except Exception as err:
+                self.failures.add(CALLBACK_ERROR, f"worker: {type(err).__name__}: {err}")
+                self.log.error(f"worker: {type(err).__name__}: {err}", every_s=5.0)
+            finally:
+                self.heartbeat.idle()
 
+    def _publish(self, results: list[Result]) -> None:
+        for result in results:
+            self.latency.add(result.timing.total_ms)
+            if result.kind == CAPTION:
+                self.caption_pub.publish(to_caption(result))
+            else:
+                self.answer_pub.publish(to_vqa_answer(result))
+
+    # -- watchdog --------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Its own thread, so that it works whatever the executor and the worker are doing."""
+        while not self._stop.wait(WATCHDOG_PERIOD_S):
+            try:
+                self._expire_questions()
+                self._check_worker()
+            except Exception as err:
+                self.log.error(f"watchdog: {type(err).__name__}: {err}", every_s=5.0)
+
+    def _expire_questions(self) -> None:
+        """Answer callers whose deadline passed while the worker was busy elsewhere (or stuck):
+        the request fails with a timeout, and the worker skips it."""
+        now = time.monotonic()
+        with self._open_lock:
+            overdue = [
+                job
+                for job in self._open_questions
+                if job.deadline is not None and now > job.deadline + EXPIRY_GRACE_S
+            ]
+        for job in overdue:
+            if job.future.cancel():
+                self.failures.add(EXPIRED, f"question {job.question[:40]!r} timed out")
+
+    def _check_worker(self) -> None:
+        if self._stop.is_set():
+            return
+        if not self.worker.is_alive():
+            if not self.worker.check():
+                self._fail(f"the worker thread keeps dying: {self.worker.crashes[-1].reason}")
+                return
+            crash = self.worker.crashes[-1]
+            self.failures.add(WORKER_RESTART, crash.reason)
+            self.log.error(f"the worker thread died ({crash.reason}); restarted it")
+        limit = self.settings.watchdog_timeout_s
+        stalled = self.heartbeat.stalled()
+        if limit and stalled is not None and stalled[1] > limit:
+            self._fail(
+                f"the model made no progress for {stalled[1]:.1f} s on a {stalled[0]} "
+                f"(watchdog_timeout_s {limit:g}): the backend is stuck"
+            )
+
+    def _fail(self, reason: str) -> None:
+        """The node cannot go on: say why, publish it, and have the process exit non-zero."""
+        if self.fatal_error is not None:
+            return
+        self.fatal_error = reason
+        self.log.fatal(f"{reason}; exiting with code {EXIT_INTERNAL_FAILURE}")
+        try:
+            self._publish_diagnostics()
+        finally:
+            self._on_fatal()
+
+    def health(self) -> WorkerHealth:
+        """What /diagnostics says about the worker."""
+        crash = self.worker.last_crash(within_s=CRASH_REPORTED_FOR_S)
+        return WorkerHealth(
+            failures=self.failures.snapshot(),
+            last_failure=self.failures.last,
+            crash=crash.reason if crash else None,
+            stalled=self.heartbeat.stalled(),
+            watchdog_timeout_s=self.settings.watchdog_timeout_s,
+            backoff_s=self.runner.backoff_s(),
+            failure_streak=self.runner.failure_streak,
+            fatal=self.fatal_error,
+        )
+
+    @contained()
     def _publish_diagnostics(self) -> None:
         stats = self.scheduler.stats()
         now = time.monotonic()
@@ -411,6 +637,7 @@ class VlmNode(Node):
             for camera, s in stats.items()
         }
         self._last_diagnostics = (now, {camera: s.received for camera, s in stats.items()})
+        targets = {c.name: c.caption_rate_hz for c in self.settings.camera_configs(list(stats))}
         self.diagnostics_pub.publish(
             diagnostics(
                 self.get_fully_qualified_name(),
@@ -421,17 +648,41 @@ class VlmNode(Node):
                 self.scheduler.pending_questions(),
                 self.latency,
                 rates,
+                self.caption_rates.update(now, stats, targets, rates),
+                self.health(),
             )
         )
 
     def destroy_node(self) -> None:
         """Stop the worker (cutting its generation short) before tearing down ROS handles."""
-        if hasattr(self, "_worker"):
+        if hasattr(self, "worker"):
             self._stop.set()
             self.scheduler.close()
-            self._worker.join()
+            if not self.worker.join(WORKER_JOIN_S):
+                self.log.error(f"the worker did not stop within {WORKER_JOIN_S:g} s; leaving it")
             self.describe_server.destroy()
         super().destroy_node()
+
+
+def camera_of(
+    name: str, aliases: dict[str, str], resolve: Callable[[str], str], default: str
+) -> str:
+    """The camera a request names (as configured, or as it resolves in the node's namespace),
+    or an :class:`AskError` that says what is wrong with the name: any client may send any
+    text, and rcl refuses invalid names with an exception."""
+    name = name.strip() or default
+    camera = aliases.get(name)
+    if camera is not None:
+        return camera
+    try:
+        camera = aliases.get(resolve(name))
+    except Exception as err:  # RCLError: what rcl says is wrong with the name
+        reason = str(err).removeprefix("failed to resolve name: ").split(", at /")[0]
+        raise AskError(f"camera {name!r} is not a valid topic name: {reason}") from None
+    if camera is None:
+        known = ", ".join(dict.fromkeys(aliases.values()))
+        raise AskError(f"unknown camera {name!r}: this node listens on {known}")
+    return camera
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
