@@ -6,22 +6,19 @@ and calls like any other ROS 2 node would.
 
 from __future__ import annotations
 
+import shutil
+import socket
+import time
+
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from ros_helpers import NodeProcess, RosClient, image_msg, jpeg_msg, wait_for
+from ros_helpers import NodeProcess, image_msg, jpeg_msg, wait_for
 from smolvlm_ros.msg import Caption
 from smolvlm_ros.srv import AskQuestion
 
 CAM_RAW = "/front/image_raw"
 CAM_JPEG = "/rear/image_raw/compressed"
-
-
-@pytest.fixture(scope="module")
-def ros():
-    client = RosClient()
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +183,43 @@ def test_bad_parameters_fail_start_up_clearly(tmp_path, params, message):
     code = node.wait_exit(timeout=120)
     assert code == 1, node.log
     assert message in node.log
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nobody listens once the socket is closed
+
+
+def test_an_unreachable_hub_fails_start_up_at_once_with_one_message(tmp_path):
+    """It used to take 149 s and ~70 lines of HTTP retries; the hub here is a closed loopback
+    port, so no traffic leaves the machine."""
+    node = NodeProcess(
+        tmp_path,
+        {"model": "someorg/SmolVLM-nowhere", "device": "cpu"},
+        env={
+            "HF_HUB_OFFLINE": None,
+            "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
+            "HF_HOME": str(tmp_path / "hf"),
+        },
+    )
+    started = time.monotonic()
+    code = node.wait_exit(timeout=120)
+    print(f"unreachable hub: exit {code} after {time.monotonic() - started:.1f} s")
+    assert code == 1, node.log
+    assert "'someorg/SmolVLM-nowhere' is not in the local Hugging Face cache" in node.log
+    assert "is unreachable" in node.log
+    assert node.log.count("Retrying") == 0 and node.log.count("\n[") <= 3, node.log
+
+
+def test_a_corrupt_checkpoint_file_is_named(tmp_path):
+    from smolvlm_ros.models.random_checkpoint import ensure_random_checkpoint
+    from smolvlm_ros.models.shapes import get_shape
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(ensure_random_checkpoint(get_shape("tiny")), checkpoint)
+    weights = next(checkpoint.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    node = NodeProcess(tmp_path, {"model": str(checkpoint), "device": "cpu"})
+    assert node.wait_exit(timeout=120) == 1, node.log
+    assert f"checkpoint file {weights} is not a valid safetensors file" in node.log

@@ -7,6 +7,7 @@ take. Device and dtype are chosen here too, once, for every front end.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ RANDOM_PREFIX = "random:"
 DEFAULT_MODEL = "HuggingFaceTB/SmolVLM-256M-Instruct"
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+HUB_PROBE_TIMEOUT_S = 5.0  # one reachability check of the hub, no retries
 
 
 class ModelLoadError(RuntimeError):
@@ -102,25 +104,144 @@ def select_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if _cpu_has_native_bf16() else "float32"
 
 
-def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Resolve, load and place a SmolVLM checkpoint; errors are :class:`ModelLoadError`."""
+def check_checkpoint_files(directory: Path) -> None:
+    """Name the broken file of a checkpoint directory, before ``from_pretrained`` reads it.
+
+    ``from_pretrained`` reports a truncated download or a hand-edited config with an error that
+    does not say which file is at fault. This check is cheap: it parses the (small) json files and
+    opens only the header of each safetensors file; ``safe_open`` refuses a file whose size is not
+    what its header declares, so truncated and padded files are caught without reading weights.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(directory.glob("*.json")):
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ModelLoadError(f"checkpoint file {file} cannot be read: {err}") from None
+        if not text.strip():
+            raise ModelLoadError(f"checkpoint file {file} is empty")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ModelLoadError(
+                f"checkpoint file {file} is not valid JSON "
+                f"(line {err.lineno}, column {err.colno}: {err.msg})"
+            ) from None
+        if file.name == "config.json":
+            model_type = data.get("model_type") if isinstance(data, dict) else None
+            if model_type != "idefics3":
+                raise ModelLoadError(
+                    f"checkpoint file {file} describes a {model_type!r} model; "
+                    "SmolVLM (model_type 'idefics3') expected"
+                )
+    for file in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise ModelLoadError(
+                f"checkpoint file {file} is not a valid safetensors file "
+                f"(truncated or corrupt download?): {err}"
+            ) from None
+
+
+def _from_pretrained(spec: str, path: str, dtype: str, local_files_only: bool) -> tuple[Any, Any]:
+    """The processor and model; whatever goes wrong in transformers becomes a ModelLoadError."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=local_files_only)
+        model = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=getattr(torch, dtype), local_files_only=local_files_only
+        )
+    except Exception as err:  # OSError, ValueError, SafetensorError...: all mean "bad checkpoint"
+        raise ModelLoadError(f"could not load model {spec!r}: {type(err).__name__}: {err}") from err
+    return processor, model
+
+
+def _hub_problem(repo_id: str) -> str | None:
+    """Why the hub cannot serve ``repo_id`` now, or None when it can: at most one quick request.
+
+    Without this, transformers tries every file of a missing model with five retries each and
+    backoff: minutes and dozens of log lines before failing. One HEAD of ``config.json`` (the
+    first file a download fetches) with a short timeout and no retry settles it. Endpoint and
+    offline mode are huggingface_hub's own settings (HF_ENDPOINT, HF_HUB_OFFLINE), so the probe
+    goes exactly where the download would.
+    """
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session
+
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE=1 forbids downloading it"
+    endpoint = constants.ENDPOINT
+    try:
+        response = get_session().head(
+            hf_hub_url(repo_id, "config.json"),
+            headers=build_hf_headers(),
+            follow_redirects=True,
+            timeout=HUB_PROBE_TIMEOUT_S,
+        )
+    except Exception as err:  # httpx2 connection errors, timeouts, TLS and proxy errors
+        return f"the hub at {endpoint} is unreachable ({type(err).__name__}: {err})"
+    if response.status_code in (401, 404):
+        return (
+            f"the hub at {endpoint} has no model {repo_id!r} (HTTP {response.status_code}): "
+            "check the id; a private or gated model also needs `hf auth login`"
+        )
+    if response.status_code >= 400:
+        return f"the hub at {endpoint} refused it (HTTP {response.status_code})"
+    return None
+
+
+def _load_from_hub(repo_id: str, dtype: str) -> tuple[Any, Any]:
+    """Load a hub model from the local cache if it is there, else download it if the hub answers.
+
+    A fully cached model loads with no network at all. Otherwise one quick probe decides between
+    downloading and a single clear error, instead of a retry storm against an unreachable hub.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ModelLoadError(f"model {repo_id!r} is not a valid hub id: {err}") from None
+    cache = constants.HF_HUB_CACHE
+    cached_config = try_to_load_from_cache(repo_id, "config.json")
+    not_cached = f"is not in the local Hugging Face cache ({cache})"
+    if isinstance(cached_config, str):
+        check_checkpoint_files(Path(cached_config).parent)
+        try:
+            return _from_pretrained(repo_id, repo_id, dtype, local_files_only=True)
+        except ModelLoadError as err:  # often a partial download: the hub may complete it
+            not_cached = f"is not complete in the local Hugging Face cache ({cache}: {err})"
+    problem = _hub_problem(repo_id)
+    if problem is not None:
+        raise ModelLoadError(
+            f"model {repo_id!r} {not_cached}, and {problem}.\n"
+            "A hub id needs network access or a copy in the Hugging Face cache (HF_HOME, "
+            f"HF_HUB_CACHE): pre-download it with `hf download {repo_id}` where the hub is "
+            "reachable, give a local checkpoint directory instead, or use random:<shape> "
+            "(random weights, for tests)."
+        )
+    return _from_pretrained(repo_id, repo_id, dtype, local_files_only=False)
+
+
+def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Resolve, load and place a SmolVLM checkpoint; every error is a :class:`ModelLoadError`."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # progress bars garble node logs
     path = resolve_model_path(spec)
     device = select_device(device)
     dtype = select_dtype(dtype, device)
-    try:
-        processor = AutoProcessor.from_pretrained(path)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype))
-    except OSError as err:
-        raise ModelLoadError(
-            f"could not load model {spec!r}: {err}\n"
-            "A hub id needs network access or a copy in the Hugging Face cache "
-            "(HF_HOME); otherwise give a local checkpoint directory or random:<shape>."
-        ) from err
+    if Path(path).is_dir():  # a directory never needs the network
+        check_checkpoint_files(Path(path))
+        processor, model = _from_pretrained(spec, path, dtype, local_files_only=True)
+    else:
+        processor, model = _load_from_hub(path, dtype)
     if getattr(model.config, "model_type", None) != "idefics3":
         raise ModelLoadError(
             f"model {spec!r} is a {model.config.model_type!r} model; SmolVLM (idefics3) expected"
