@@ -32,7 +32,7 @@ import torch
 
 from smolvlm_ros.engine import Engine, EngineConfig, Frame, Result, TilingConfig
 from smolvlm_ros.engine.reference import reference_generate
-from smolvlm_ros.tools.sample_bag import PHOTO_NAMES, photo
+from smolvlm_ros.photos import PHOTO_NAMES, photo
 
 QUESTIONS = [
     "What is in this image?",

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from smolvlm_ros.tools.sample_bag import PHOTO_NAMES, photo
+from smolvlm_ros.photos import PHOTO_NAMES, photo
 
 
 @pytest.fixture(scope="session")

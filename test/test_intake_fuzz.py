@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from rosbags.image import ImageError
 from rosbags.image.image import ENCODINGMAP, to_cvtype
 
+from smolvlm_ros.photos import photo
 from smolvlm_ros.pipeline.intake import MAX_IMAGE_PIXELS, ImageDecodeError, message_to_rgb
-from smolvlm_ros.tools.sample_bag import photo
 
 FUZZ = settings(
     max_examples=1000,

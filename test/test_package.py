@@ -113,7 +113,8 @@ def test_core_imports_without_ros():
     code = (
         "import sys; sys.modules['rclpy'] = None\n"
         "import smolvlm_ros.engine, smolvlm_ros.models, smolvlm_ros.pipeline.scheduler\n"
-        "import smolvlm_ros.pipeline.intake, smolvlm_ros.tools.sample_bag, smolvlm_ros.bench\n"
+        "import smolvlm_ros.pipeline.intake, smolvlm_ros.photos, smolvlm_ros.tools.sample_bag\n"
+        "import smolvlm_ros.bench\n"
         "import smolvlm_ros.pipeline.requests, smolvlm_ros.pipeline.runner\n"
         "import smolvlm_ros.node.supervision\n"
         "import smolvlm_ros.replay.__main__, smolvlm_ros.replay.compare\n"

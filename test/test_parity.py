@@ -13,7 +13,7 @@ import torch
 
 from smolvlm_ros.engine import Engine, EngineConfig, Frame, TilingConfig
 from smolvlm_ros.engine.reference import reference_generate, reference_inputs
-from smolvlm_ros.tools.sample_bag import photo
+from smolvlm_ros.photos import photo
 
 # (height, width): camera 4:3, portrait, very wide, very tall, smaller than one tile, odd sizes.
 SIZES = [(480, 640), (640, 480), (360, 1280), (900, 300), (96, 120), (333, 777)]

@@ -12,8 +12,9 @@ import pytest
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
+from smolvlm_ros.photos import photo
 from smolvlm_ros.pipeline.intake import message_to_rgb
-from smolvlm_ros.tools.sample_bag import DEMO_CAMERAS, photo, write_sample_bag
+from smolvlm_ros.tools.sample_bag import DEMO_CAMERAS, write_sample_bag
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,10 +1,8 @@
 """Build rosbag2 bags of real photographs, without ROS.
 
-The photographs are the ones scikit-image ships (astronaut, coffee, cat, rocket, motorcycle), so
-the demo and tests work on real images with no download. Each is centre-cropped to 4:3 and
-resized to 640x480, like a typical robot camera, and written as a camera stream at a fixed rate:
-sensor_msgs/Image for plain topics, sensor_msgs/CompressedImage (JPEG) for topics ending in
-/compressed.
+The photographs are those of :mod:`smolvlm_ros.photos` (640x480), each written as a camera
+stream at a fixed rate: sensor_msgs/Image for plain topics, sensor_msgs/CompressedImage (JPEG)
+for topics ending in /compressed.
 """
 
 from __future__ import annotations
@@ -19,38 +17,12 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from smolvlm_ros.photos import PHOTO_NAMES, photo
 from smolvlm_ros.pipeline.intake import is_compressed_topic
 
-PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle")
-WIDTH, HEIGHT = 640, 480
 NS_PER_S = 1_000_000_000
 # A fixed start time, so a bag built twice is identical.
 BAG_START_NS = 1_767_225_600 * NS_PER_S  # 2026-01-01T00:00:00Z
-
-
-def photo(name: str, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
-    """A scikit-image sample photograph as HxWx3 uint8 RGB, centre-cropped and resized."""
-    import skimage.data
-
-    if name not in PHOTO_NAMES:
-        raise ValueError(f"unknown photo {name!r}: expected one of {', '.join(PHOTO_NAMES)}")
-    rgb = (
-        skimage.data.stereo_motorcycle()[0]
-        if name == "motorcycle"
-        else getattr(skimage.data, name)()
-    )
-    if rgb.ndim == 2:
-        rgb = np.stack([rgb] * 3, axis=-1)
-    rgb = rgb[..., :3]
-    h, w = rgb.shape[:2]
-    target = width / height
-    if w / h > target:  # too wide: crop the sides
-        new_w = round(h * target)
-        rgb = rgb[:, (w - new_w) // 2 : (w - new_w) // 2 + new_w]
-    else:  # too tall: crop top and bottom
-        new_h = round(w / target)
-        rgb = rgb[(h - new_h) // 2 : (h - new_h) // 2 + new_h]
-    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
 
 
 @dataclass(frozen=True)
