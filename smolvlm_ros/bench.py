@@ -30,9 +30,16 @@ from pathlib import Path
 
 import torch
 
-from smolvlm_ros.engine import Engine, EngineConfig, Frame, Result, TilingConfig
+from smolvlm_ros.engine import Engine, Frame, Result
 from smolvlm_ros.engine.reference import reference_generate
 from smolvlm_ros.photos import PHOTO_NAMES, photo
+from smolvlm_ros.settings import Group, Settings, SettingsError, names_in
+from smolvlm_ros.settings.cli import add_setting_flags, settings_from_flags
+
+# The engine's settings and those that shape the work: every engine and tiling setting, and the
+# answer length (the benchmark forces exactly max_new_tokens so every run does the same work).
+BENCH_SETTINGS = [*names_in(Group.ENGINE, Group.TILING), "max_new_tokens"]
+BENCH_DEFAULTS = {"model": "random:256m"}
 
 QUESTIONS = [
     "What is in this image?",
@@ -118,21 +125,17 @@ def _stage_summary(runs: list[dict]) -> dict:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        config = EngineConfig(
-            args.model,
-            device=args.device,
-            dtype=args.dtype,
-            tiling=TilingConfig(image_splitting=args.image_splitting),
-        )
+        self.settings: Settings = args.settings
         t0 = time.perf_counter()
-        self.engine = Engine.from_config(config)
+        self.engine = Engine.from_config(self.settings.engine_config())
         self.load_s = time.perf_counter() - t0
         self.device = self.engine.backend.device
         self.frames = [
             Frame(photo(PHOTO_NAMES[i % len(PHOTO_NAMES)]), camera=f"/camera_{i}/image_raw")
             for i in range(max(args.cameras, 1))
         ]
-        self.limits = {"max_new_tokens": args.max_new_tokens, "min_new_tokens": args.max_new_tokens}
+        tokens = self.settings.max_new_tokens
+        self.limits = {"max_new_tokens": tokens, "min_new_tokens": tokens}
 
     # -- engine scenarios ------------------------------------------------------------------
 
@@ -162,7 +165,7 @@ class Bench:
     # -- plain transformers on the same weights and settings -------------------------------
 
     def _reference_generate(self, frame: Frame, text: str) -> list[int]:
-        n = self.args.max_new_tokens
+        n = self.settings.max_new_tokens
         return reference_generate(self.engine, frame, text, max_new_tokens=n, min_new_tokens=n)
 
     def reference_single(self) -> list[list[int]]:
@@ -215,7 +218,7 @@ def environment(bench: Bench) -> dict:
 
     device = bench.device
     return {
-        "model": bench.args.model,
+        "model": bench.settings.model,
         "random_weights": bench.engine.is_random,
         "device": device,
         "device_name": (
@@ -223,11 +226,13 @@ def environment(bench: Bench) -> dict:
         ),
         "cpu_threads": torch.get_num_threads(),
         "dtype": bench.engine.backend.dtype,
+        "backend": bench.engine.backend.name,
+        "backend_reason": bench.engine.backend_choice.reason,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
-        "image_splitting": bench.args.image_splitting,
-        "max_new_tokens": bench.args.max_new_tokens,
+        "tiling": {name: getattr(bench.settings, name) for name in names_in(Group.TILING)},
+        "max_new_tokens": bench.settings.max_new_tokens,
         "cameras": bench.args.cameras,
         "questions": bench.args.questions,
         "repeats": bench.args.repeats,
@@ -242,15 +247,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--model", default="random:256m", help="hub id, checkpoint dir, random:<shape>"
-    )
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument(
-        "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16")
-    )
-    parser.add_argument("--image-splitting", action="store_true", help="tile frames (slower)")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    add_setting_flags(parser, BENCH_SETTINGS, defaults=BENCH_DEFAULTS)
     parser.add_argument("--cameras", type=int, default=3, help="frames in the cameras scenarios")
     parser.add_argument("--questions", type=int, default=4, help="questions about one frame")
     parser.add_argument("--repeats", type=int, default=3)
@@ -259,8 +256,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-reference", action="store_true", help="skip plain transformers")
     parser.add_argument("--json", type=Path, default=Path("bench.json"), help="where results go")
     args = parser.parse_args(argv)
-    if args.max_new_tokens < 1:
-        parser.error("--max-new-tokens must be at least 1")
+    try:
+        args.settings = settings_from_flags(
+            args, BENCH_SETTINGS, Settings.from_mapping(BENCH_DEFAULTS)
+        )
+    except SettingsError as err:
+        parser.error(str(err))
     if not 1 <= args.questions <= len(QUESTIONS):
         parser.error(f"--questions must be between 1 and {len(QUESTIONS)}")
     if args.cameras < 1 or args.repeats < 1 or args.warmup < 0:
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(bench)
     print(
         f"# smolvlm_ros bench: {env['model']} on {env['device']} ({env['dtype']}), "
-        f"{args.max_new_tokens} new tokens, median of {args.repeats}"
+        f"{args.settings.max_new_tokens} new tokens, median of {args.repeats}"
     )
     if bench.engine.is_random:
         print("# (random weights: figures are real, generated text is not)")

@@ -7,12 +7,11 @@ import os
 import subprocess
 import sys
 import zipfile
-from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
-from smolvlm_ros.node.settings import NodeSettings
+from smolvlm_ros.settings import Settings, schema
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = Path(os.environ.get("AMENT_PREFIX_PATH", sys.prefix).split(os.pathsep)[0])
@@ -75,11 +74,9 @@ def test_package_xml():
 def test_default_config_documents_every_parameter_and_is_valid():
     text = (REPO / "config" / "vlm.yaml").read_text()
     params = yaml.safe_load(text)["/**"]["ros__parameters"]
-    for field in fields(NodeSettings):  # set, or shown in a comment (empty lists cannot be set)
-        assert f"    {field.name}:" in text or f"    # {field.name}:" in text, field.name
-    assert set(params) <= {f.name for f in fields(NodeSettings)}
-    params["image_topics"] = tuple(params["image_topics"])
-    assert NodeSettings(**params).validate() == NodeSettings()  # the file states the defaults
+    for name in schema():  # set, or shown in a comment (empty lists cannot be set)
+        assert f"    {name}:" in text or f"    # {name}:" in text, name
+    assert Settings.from_mapping(params) == Settings()  # the file states the defaults
 
 
 def test_profiles_are_valid_on_top_of_the_defaults():
@@ -87,8 +84,7 @@ def test_profiles_are_valid_on_top_of_the_defaults():
     for name in ("cpu", "gpu"):
         profile = yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
         params = {**base, **profile["/**"]["ros__parameters"]}
-        params["image_topics"] = tuple(params["image_topics"])
-        assert NodeSettings(**params).validate().device == ("cpu" if name == "cpu" else "cuda")
+        assert Settings.from_mapping(params).device == ("cpu" if name == "cpu" else "cuda")
 
 
 def test_launch_file_declares_its_arguments():

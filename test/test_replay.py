@@ -124,7 +124,7 @@ def test_running_twice_gives_identical_results(bag, tmp_path):
 
 def test_live_emulation_drops_what_the_node_would(bag, tmp_path):
     out = tmp_path / "live"
-    done = run_replay(bag, out, "--mode", "live", "--compute-s", "0.7", "--caption-rate", "1")
+    done = run_replay(bag, out, "--mode", "live", "--compute-s", "0.7", "--caption-rate-hz", "1")
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
     for stats in summary["cameras"].values():
@@ -165,7 +165,10 @@ def test_not_a_bag_and_existing_output_are_refused(bag, tmp_path):
 def test_two_runs_compare_side_by_side(bag, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     assert run_replay(bag, a, "--topics", CAMERAS[0]).returncode == 0
-    assert run_replay(bag, b, "--topics", CAMERAS[0], "--prompt", "What is this?").returncode == 0
+    assert (
+        run_replay(bag, b, "--topics", CAMERAS[0], "--caption-prompt", "What is this?").returncode
+        == 0
+    )
     done = subprocess.run(
         [sys.executable, "-m", "smolvlm_ros.replay.compare", str(a), str(b)],
         capture_output=True, text=True, cwd=REPO, timeout=120, check=False,

@@ -56,7 +56,7 @@ def test_demo_runs_end_to_end(tmp_path):
     env = dict(os.environ, SMOLVLM_ROS_CACHE=str(tmp_path))
     out = subprocess.run(
         [sys.executable, "-m", "smolvlm_ros.tools.demo", "--model", "random:tiny",
-         "--caption-rate", "2", "--max-new-tokens", "4"],
+         "--caption-rate-hz", "2", "--max-new-tokens", "4"],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=300, check=False,
     )  # fmt: skip
     output = out.stdout + out.stderr

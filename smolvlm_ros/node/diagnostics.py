@@ -135,6 +135,7 @@ def diagnostics(
         values=[
             _kv("model", engine.loaded.spec),
             _kv("backend", backend.name),
+            _kv("backend_reason", engine.backend_choice.reason if engine.backend_choice else ""),
             _kv("device", backend.device),
             _kv("dtype", backend.dtype),
             _kv("pending_questions", pending_questions),

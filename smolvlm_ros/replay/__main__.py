@@ -1,7 +1,7 @@
 """`smolvlm-replay BAG --out DIR`: replay a rosbag2 through the engine, offline.
 
     smolvlm-replay drive.mcap_dir --out runs/a --model random:tiny
-    smolvlm-replay drive --out runs/b --mode live --compute-s 2.5 --caption-rate 1.0
+    smolvlm-replay drive --out runs/b --mode live --compute-s 2.5 --caption-rate-hz 1.0
     smolvlm-replay drive --out runs/c --questions "Is the path clear?" "Any people?"
 
     smolvlm-replay drive --out runs/d --references refs.jsonl --questions "Is there a cat?"
@@ -23,13 +23,22 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from smolvlm_ros.engine import DEFAULT_CAPTION_PROMPT, Engine, EngineConfig, TilingConfig
-from smolvlm_ros.models.loading import DEFAULT_MODEL, ModelLoadError
-from smolvlm_ros.pipeline.runner import CaptionSettings
+from smolvlm_ros.engine import Engine
+from smolvlm_ros.models.loading import ModelLoadError
 from smolvlm_ros.replay.outputs import JsonlWriter, ResultBag, result_record
 from smolvlm_ros.replay.report import write_report
 from smolvlm_ros.replay.run import MODES, ReplayConfig, replay
 from smolvlm_ros.replay.scoring import load_references, score
+from smolvlm_ros.settings import Group, SettingsError, names_in
+from smolvlm_ros.settings.cli import add_setting_flags, settings_from_flags
+
+# Every engine and tiling setting, and those of the rest that offline replay applies.
+REPLAY_SETTINGS = [
+    *names_in(Group.ENGINE, Group.TILING, Group.GENERATION),
+    "caption_rate_hz",
+    "max_frame_age_s",
+    "change_threshold",
+]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,21 +50,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("bag", type=Path, help="rosbag2 directory (mcap or sqlite3)")
     parser.add_argument("--out", type=Path, required=True, help="output directory (new)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="as the node's `model` parameter")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument(
-        "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16")
-    )
     parser.add_argument("--topics", nargs="+", default=[], help="image topics (default: all)")
     parser.add_argument("--mode", choices=MODES, default="every")
     parser.add_argument("--compute-s", type=float, default=1.0, help="live mode: s per result")
-    parser.add_argument("--caption-rate", type=float, default=1.0, help="live mode: Hz per camera")
-    parser.add_argument("--prompt", default=DEFAULT_CAPTION_PROMPT)
-    parser.add_argument("--questions", nargs="+", default=[], help="standing questions")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--image-splitting", action="store_true")
-    parser.add_argument("--max-frame-age", type=float, default=0.0, help="s; 0: no limit")
-    parser.add_argument("--change-threshold", type=float, default=0.0)
+    add_setting_flags(parser, REPLAY_SETTINGS)
     parser.add_argument("--references", type=Path, help="JSONL of reference answers/captions")
     parser.add_argument(
         "--live",
@@ -71,8 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"{args.bag} is not a rosbag2 directory (no metadata.yaml)")
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f"--out {args.out} exists and is not empty: results are never overwritten")
-    if args.max_new_tokens < 1:
-        parser.error("--max-new-tokens must be at least 1")
+    try:
+        args.settings = settings_from_flags(args, REPLAY_SETTINGS)
+    except SettingsError as err:
+        parser.error(str(err))
     return args
 
 
@@ -86,28 +86,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.live:
         return _live(args, references)
     try:
+        settings = args.settings
         config = ReplayConfig(
             mode=args.mode,
             topics=tuple(args.topics),
             compute_s=args.compute_s,
-            caption_rate_hz=args.caption_rate,
-            max_frame_age_s=args.max_frame_age,
-            change_threshold=args.change_threshold,
-            captions=CaptionSettings(args.prompt, args.max_new_tokens, tuple(args.questions)),
+            caption_rate_hz=settings.caption_rate_hz,
+            max_frame_age_s=settings.max_frame_age_s,
+            change_threshold=settings.change_threshold,
+            captions=settings.captions(),
         ).validate()
-        engine = Engine.from_config(
-            EngineConfig(
-                args.model,
-                device=args.device,
-                dtype=args.dtype,
-                tiling=TilingConfig(image_splitting=args.image_splitting),
-            )
-        )
+        engine = Engine.from_config(settings.engine_config())
     except (ValueError, ModelLoadError) as err:
         print(f"smolvlm-replay: {err}", file=sys.stderr)
         return 2
     if engine.is_random:
-        print(f"note: {args.model} has RANDOM weights: the text is noise", file=sys.stderr)
+        print(f"note: {args.settings.model} has RANDOM weights: the text is noise", file=sys.stderr)
 
     args.out.mkdir(parents=True, exist_ok=True)
     bag = ResultBag(args.out / "bag")
@@ -134,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     wall_s = time.monotonic() - started
 
     summary = summarize(args, stats, records, wall_s)
-    summary["model"], summary["random_weights"] = args.model, engine.is_random
+    summary["model"], summary["random_weights"] = args.settings.model, engine.is_random
+    summary["backend"] = engine.backend.name
+    summary["backend_reason"] = engine.backend_choice.reason
     return _finish(args, references, stats, records, summary)
 
 

@@ -20,9 +20,18 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
+
 from smolvlm_ros.models.loading import DEFAULT_MODEL
 from smolvlm_ros.models.random_checkpoint import cache_root
+from smolvlm_ros.settings import Group, Settings, SettingsError, names_in
+from smolvlm_ros.settings.cli import add_setting_flags, settings_from_flags
 from smolvlm_ros.tools.sample_bag import DEMO_CAMERAS, write_sample_bag
+
+# What the demo passes on to its node: every engine, tiling and generation setting and the rate.
+DEMO_SETTINGS = [*names_in(Group.ENGINE, Group.TILING, Group.GENERATION), "caption_rate_hz"]
+DEMO_DEFAULTS = {"caption_rate_hz": 0.5, "max_new_tokens": 20}
+DEMO_MODEL_HELP = f"$SMOLVLM_MODEL, else {DEFAULT_MODEL} if cached, else random:256m"
 
 NODE_NAME = "smolvlm"
 RANDOM_FALLBACK = "random:256m"
@@ -64,14 +73,19 @@ def banner(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=os.environ.get("SMOLVLM_MODEL"))
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--caption-rate", type=float, default=0.5, help="Hz per camera")
-    parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--ready-timeout", type=float, default=600.0)
+    add_setting_flags(parser, DEMO_SETTINGS, defaults={**DEMO_DEFAULTS, "model": DEMO_MODEL_HELP})
     args = parser.parse_args(argv)
-
-    model = pick_model(args.model)
+    requested = vars(args).get("model") or os.environ.get("SMOLVLM_MODEL")
+    try:
+        settings = settings_from_flags(
+            args,
+            DEMO_SETTINGS,
+            Settings.from_mapping({**DEMO_DEFAULTS, "model": pick_model(requested)}),
+        )
+    except SettingsError as err:
+        parser.error(str(err))
+    model = settings.model
     # Our own DDS domain on loopback only: neither see nor disturb other ROS traffic here.
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 200)))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -89,15 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.executors import SingleThreadedExecutor
 
     from smolvlm_ros.msg import Caption
+    from smolvlm_ros.replay.live import play_images
     from smolvlm_ros.srv import AskQuestion
-    from smolvlm_ros.tools.bag_player import play_images
 
     overrides = Path(tempfile.mkdtemp()) / "demo.yaml"
+    parameters = {name: getattr(settings, name) for name in DEMO_SETTINGS}
+    parameters = {k: list(v) if isinstance(v, tuple) else v for k, v in parameters.items()}
     overrides.write_text(
-        "/**:\n  ros__parameters:\n"
-        f"    model: {model!r}\n    device: {args.device!r}\n"
-        f"    image_topics: {topics!r}\n    caption_rate_hz: {args.caption_rate}\n"
-        f"    max_new_tokens: {args.max_new_tokens}\n"
+        yaml.safe_dump({"/**": {"ros__parameters": {**parameters, "image_topics": topics}}})
     )
     command = [
         sys.executable,
