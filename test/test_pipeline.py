@@ -13,9 +13,11 @@ from smolvlm_ros.pipeline.mosaic import CELL, LABEL_HEIGHT, compose_mosaic
 from smolvlm_ros.pipeline.runner import CaptionSettings, JobRunner, is_out_of_memory
 from smolvlm_ros.pipeline.scheduler import (
     DECODE_ERROR,
+    INFERENCE_ERROR,
     UNCHANGED,
     CameraConfig,
     FrameScheduler,
+    ManualClock,
     QuestionJob,
 )
 
@@ -111,6 +113,41 @@ def test_runner_mosaic_lists_the_cameras(tiny_engine, photos):
     (result,) = runner.run(scheduler.next_job(timeout=0))
     assert result.camera == "/front,/rear"
     assert (result.stamp_ns, result.frame_id) == (9, "r")  # the newest frame's
+
+
+class _FailingEngine:
+    def caption(self, *args, **kwargs):
+        raise RuntimeError("the model failed")
+
+
+def test_a_mosaic_that_fails_counts_only_its_new_frames():
+    """A mosaic repeats a camera's last frame when it sent no new one; when the mosaic fails (or
+    that frame does not decode) the old frame must not be uncounted again: every frame is
+    counted once, captioned or dropped, and no count goes below zero."""
+    clock = ManualClock()
+    cameras = [CameraConfig("/front"), CameraConfig("/rear"), CameraConfig("/side")]
+    scheduler = FrameScheduler(cameras, mosaic=True, clock=clock)
+
+    def to_frame(item):
+        if item == "garbage":
+            raise ImageDecodeError("not an image")
+        return Frame(np.zeros((4, 4, 3), np.uint8))
+
+    runner = JobRunner(_FailingEngine(), scheduler, to_frame, report=lambda reason, text: None)
+    scheduler.offer("/rear", "r0", 0.0)
+    scheduler.offer("/side", "garbage", 0.0)
+    for i in range(3):  # only /front sends new frames: /rear's and /side's are in every mosaic
+        clock.now = float(i)
+        scheduler.offer("/front", f"f{i}", clock.now)
+        job = scheduler.next_job(timeout=0)
+        assert job.cameras == ["/front", "/rear", "/side"]
+        assert runner.run(job) == []
+    stats = scheduler.stats()
+    counts = {
+        name: (s.received, s.captioned, s.dropped[INFERENCE_ERROR], s.dropped[DECODE_ERROR])
+        for name, s in stats.items()
+    }
+    assert counts == {"/front": (3, 0, 3, 0), "/rear": (1, 0, 1, 0), "/side": (1, 0, 0, 1)}
 
 
 def test_runner_answers_standing_questions_about_each_captioned_frame(tiny_engine, photos):

@@ -14,6 +14,7 @@ from smolvlm_ros.pipeline.scheduler import (
     CameraConfig,
     CaptionJob,
     FrameScheduler,
+    ManualClock,
     MosaicJob,
     QuestionJob,
     SchedulerClosed,
@@ -21,16 +22,8 @@ from smolvlm_ros.pipeline.scheduler import (
 )
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def make(cameras=("a",), rate=1.0, priorities=None, **kwargs):
-    clock = FakeClock()
+    clock = ManualClock()
     configs = [CameraConfig(name, rate, (priorities or {}).get(name, 1.0)) for name in cameras]
     return FrameScheduler(configs, clock=clock, **kwargs), clock
 
@@ -155,6 +148,7 @@ def test_mosaic_takes_every_cameras_latest_frame_at_the_mosaic_rate():
     clock.now = 0.5
     job = sched.next_job(timeout=0)
     assert (job.cameras, job.items) == (["a", "b", "c"], ["a0", "b1", "c0"])
+    assert job.fresh == {"b"}  # a0 and c0 were counted in the first mosaic
 
 
 def test_questions_jump_ahead_of_due_captions():

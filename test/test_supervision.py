@@ -28,19 +28,9 @@ from smolvlm_ros.pipeline.requests import (
     check_question,
     check_seconds,
 )
-from smolvlm_ros.pipeline.scheduler import UNCHANGED, CameraStats
+from smolvlm_ros.pipeline.scheduler import UNCHANGED, CameraStats, ManualClock
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None)
-
-
-class Clock:
-    """A hand-driven monotonic clock."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- logging -----------------------------------------------------------------------------------
@@ -59,7 +49,7 @@ def test_rclpy_refuses_a_throttled_call_after_an_unthrottled_one_from_one_site()
 
 
 def test_safe_logger_rate_limits_per_key_and_never_raises(caplog, capfd):
-    clock = Clock()
+    clock = ManualClock(100.0)
     log = SafeLogger(logging.getLogger("smolvlm_test_safe"), clock)
     with caplog.at_level(logging.INFO, logger="smolvlm_test_safe"):
         for _ in range(5):
@@ -99,7 +89,7 @@ def test_failure_counts_name_every_reason_and_refuse_unknown_ones():
 
 
 def test_heartbeat_measures_silence_only_while_busy():
-    clock = Clock()
+    clock = ManualClock(100.0)
     beat = Heartbeat(clock)
     clock.now += 50
     assert beat.stalled() is None  # idle is not stuck

@@ -6,14 +6,29 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-CAPTION = "caption"
-ANSWER = "answer"
+from smolvlm_ros.compat import StrEnum
 
-# Why a generation ended.
-FINISH_STOP = "stop"  # the model ended its answer
-FINISH_LENGTH = "length"  # max_new_tokens reached
-FINISH_DEADLINE = "deadline"  # the request's deadline passed
-FINISH_CANCELLED = "cancelled"  # the caller cancelled (or the node is shutting down)
+
+class Kind(StrEnum):
+    """What a result is; the value is what outputs write (JSONL ``kind``, topic names)."""
+
+    CAPTION = "caption"
+    ANSWER = "answer"
+
+
+class FinishReason(StrEnum):
+    """Why a generation ended (Timing.msg ``finish_reason``)."""
+
+    STOP = "stop"  # the model ended its answer
+    LENGTH = "length"  # max_new_tokens reached
+    DEADLINE = "deadline"  # the request's deadline passed
+    CANCELLED = "cancelled"  # the caller cancelled (or the node is shutting down)
+
+
+# The names the rest of the code imports.
+CAPTION, ANSWER = Kind.CAPTION, Kind.ANSWER
+FINISH_STOP, FINISH_LENGTH = FinishReason.STOP, FinishReason.LENGTH
+FINISH_DEADLINE, FINISH_CANCELLED = FinishReason.DEADLINE, FinishReason.CANCELLED
 
 
 @dataclass(frozen=True)
@@ -69,7 +84,7 @@ class Result:
     stamp and frame_id are the newest frame's.
     """
 
-    kind: str  # CAPTION or ANSWER
+    kind: str  # a Kind: CAPTION or ANSWER
     text: str
     prompt: str  # the user text: caption prompt or question
     camera: str
@@ -84,7 +99,7 @@ class Result:
     num_images: int
     timing: Timing = field(default_factory=Timing)
     token_ids: list[int] = field(default_factory=list)
-    finish_reason: str = FINISH_STOP
+    finish_reason: str = FinishReason.STOP
     tiling_note: str = ""  # why the tiling is smaller than configured, if it is
     reused_encoding: bool = False  # the frame's image embeddings came from the cache
 

@@ -7,16 +7,13 @@ from std_msgs.msg import Header
 
 from smolvlm_ros.engine.types import Result
 from smolvlm_ros.msg import Caption, Provenance, Timing, VqaAnswer
+from smolvlm_ros.pipeline.intake import stamp_fields, stamp_to_ns
 
-NS_PER_S = 1_000_000_000
-
-
-def stamp_to_ns(stamp: Time) -> int:
-    return stamp.sec * NS_PER_S + stamp.nanosec
+__all__ = ["ns_to_stamp", "stamp_to_ns", "to_caption", "to_vqa_answer"]
 
 
 def ns_to_stamp(ns: int) -> Time:
-    return Time(sec=ns // NS_PER_S, nanosec=ns % NS_PER_S)
+    return Time(**stamp_fields(ns))
 
 
 def _header(result: Result) -> Header:

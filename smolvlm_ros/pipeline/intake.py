@@ -463,3 +463,19 @@ def message_to_rgb(msg: Any) -> np.ndarray:
     if hasattr(msg, "format"):  # CompressedImage
         return _compressed_to_rgb(msg)
     return _raw_to_rgb(msg)
+
+
+# -- stamps ------------------------------------------------------------------------------------
+
+NS_PER_S = 1_000_000_000
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """A builtin_interfaces/Time (rclpy's, or a rosbags-deserialized one) in nanoseconds."""
+    return stamp.sec * NS_PER_S + stamp.nanosec
+
+
+def stamp_fields(ns: int) -> dict[str, int]:
+    """Nanoseconds as builtin_interfaces/Time's fields, for any message library:
+    ``Time(**stamp_fields(ns))``."""
+    return {"sec": ns // NS_PER_S, "nanosec": ns % NS_PER_S}

@@ -23,7 +23,7 @@ from smolvlm_ros.engine.engine import (
 )
 from smolvlm_ros.engine.types import Frame, Result
 from smolvlm_ros.pipeline.change import ChangeGate
-from smolvlm_ros.pipeline.intake import ImageDecodeError
+from smolvlm_ros.pipeline.intake import ImageDecodeError, message_to_rgb, stamp_to_ns
 from smolvlm_ros.pipeline.mosaic import compose_mosaic
 from smolvlm_ros.pipeline.scheduler import (
     DECODE_ERROR,
@@ -43,6 +43,25 @@ OUT_OF_MEMORY = "out_of_memory"  # an inference failure that was the device runn
 BACKOFF_AFTER = 2
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class ReceivedImage:
+    """A camera message (rclpy's, or one deserialized from a bag) as the scheduler holds it:
+    decoded by :meth:`to_frame` only if the model actually uses it."""
+
+    camera: str
+    msg: Any  # sensor_msgs Image or CompressedImage
+    received_at: float | None = None  # time.monotonic() on arrival; None when replaying a bag
+
+    def to_frame(self) -> Frame:
+        return Frame(
+            image=message_to_rgb(self.msg),
+            camera=self.camera,
+            stamp_ns=stamp_to_ns(self.msg.header.stamp),
+            frame_id=self.msg.header.frame_id,
+            received_at=self.received_at,
+        )
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -112,7 +131,8 @@ class JobRunner:
         if frame_and_cameras is None:
             return []
         frame, cameras = frame_and_cameras
-        caption = self._caption_frame(frame, cameras)
+        fresh = job.fresh if isinstance(job, MosaicJob) else {job.camera}
+        caption = self._caption_frame(frame, cameras, [c for c in cameras if c in fresh])
         if caption is None:
             return []
         return [caption, *self._standing_answers(frame, cameras)]
@@ -155,15 +175,19 @@ class JobRunner:
         self.failure_streak = 0
         self._backoff_until = float("-inf")
 
-    def _decode(self, camera: str, item: Any) -> Frame | None:
+    def _decode(self, camera: str, item: Any, counted: bool = True) -> Frame | None:
+        """``counted``: the frame is new (counted as captioned), so a failure is its drop."""
         try:
             return item if isinstance(item, Frame) else self.to_frame(item)
         except ImageDecodeError as err:
-            self.scheduler.record_drop(camera, DECODE_ERROR)
+            if counted:
+                self.scheduler.record_drop(camera, DECODE_ERROR)
             self.report(DECODE_ERROR, f"dropped a frame from {camera}: {err}")
             return None
 
-    def _caption_frame(self, frame: Frame, cameras: list[str]) -> Result | None:
+    def _caption_frame(self, frame: Frame, cameras: list[str], fresh: list[str]) -> Result | None:
+        """``fresh``: the cameras whose new frame is in ``frame``: a failure is their drop (the
+        others' frames were counted by an earlier job)."""
         try:
             result = self.engine.caption(
                 frame,
@@ -172,7 +196,7 @@ class JobRunner:
                 should_stop=self._stop_check(),
             )
         except Exception as err:  # keep serving: one bad frame must not stop the pipeline
-            for camera in cameras:
+            for camera in fresh:
                 self.scheduler.record_drop(camera, INFERENCE_ERROR)
             self._inference_failed(err, f"captioning {', '.join(cameras)}")
             return None
@@ -206,7 +230,8 @@ class JobRunner:
 
     def _mosaic(self, job: MosaicJob) -> tuple[Frame, list[str]] | None:
         decoded = [
-            (c, self._decode(c, item)) for c, item in zip(job.cameras, job.items, strict=True)
+            (c, self._decode(c, item, counted=c in job.fresh))
+            for c, item in zip(job.cameras, job.items, strict=True)
         ]
         frames = [(camera, frame) for camera, frame in decoded if frame is not None]
         if not frames:

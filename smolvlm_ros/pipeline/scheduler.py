@@ -24,15 +24,35 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from smolvlm_ros.compat import StrEnum
+
 Clock = Callable[[], float]
 
-# Why a received frame was not captioned.
-SUPERSEDED = "superseded"  # a newer frame replaced it first (the caption rate or the model)
-STALE = "stale"  # older than max_frame_age_s when its turn came
-UNCHANGED = "unchanged"  # the scene barely changed since the last caption (change gating)
-DECODE_ERROR = "decode_error"  # the message could not be decoded
-INFERENCE_ERROR = "inference_error"  # the model failed on it
-DROP_REASONS = (SUPERSEDED, STALE, UNCHANGED, DECODE_ERROR, INFERENCE_ERROR)
+
+class ManualClock:
+    """A clock that moves only when told: the bag's time in replay, a hand-driven one in tests."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class DropReason(StrEnum):
+    """Why a received frame was not captioned (diagnostics keys, replay statistics)."""
+
+    SUPERSEDED = "superseded"  # a newer frame replaced it first (the caption rate or the model)
+    STALE = "stale"  # older than max_frame_age_s when its turn came
+    UNCHANGED = "unchanged"  # the scene barely changed since the last caption (change gating)
+    DECODE_ERROR = "decode_error"  # the message could not be decoded
+    INFERENCE_ERROR = "inference_error"  # the model failed on it
+
+
+# The names the rest of the code imports.
+SUPERSEDED, STALE, UNCHANGED = DropReason.SUPERSEDED, DropReason.STALE, DropReason.UNCHANGED
+DECODE_ERROR, INFERENCE_ERROR = DropReason.DECODE_ERROR, DropReason.INFERENCE_ERROR
+DROP_REASONS = tuple(DropReason)
 
 
 @dataclass
@@ -76,10 +96,16 @@ class CaptionJob:
 
 @dataclass
 class MosaicJob:
-    """Caption the latest frames of several cameras together (mosaic mode)."""
+    """Caption the latest frames of several cameras together (mosaic mode).
+
+    A camera that sent nothing new since the last mosaic is shown with its previous frame; only
+    the cameras in ``fresh`` have a frame not counted yet (as captioned by this job), so only
+    theirs may be counted as dropped if the job fails.
+    """
 
     cameras: list[str]
     items: list[Any]
+    fresh: frozenset[str] = frozenset()
 
 
 @dataclass(eq=False)  # a job is itself, not its fields: kept in sets while it is open
@@ -348,11 +374,13 @@ class FrameScheduler:
             if cam.latest is not None
             and not (self._max_age and now - cam.latest_stamp > self._max_age)
         ]
+        fresh = frozenset(cam.config.name for cam in chosen if cam.fresh)
         for cam in chosen:
             if cam.fresh:
                 cam.stats.captioned += 1
             cam.fresh = False
-        return MosaicJob([c.config.name for c in chosen], [c.latest for c in chosen]), None
+        names, items = [c.config.name for c in chosen], [c.latest for c in chosen]
+        return MosaicJob(names, items, fresh), None
 
     def close(self) -> None:
         """Wake the worker and refuse new work; waiting questions get :class:`SchedulerClosed`."""

@@ -1,28 +1,118 @@
 """Live replay: play a bag into a running vlm_node over DDS and record what it publishes.
 
-The bag's image messages go out as recorded (their own CDR bytes, header stamps untouched)
-together with /clock at the bag's time, so a node running with use_sim_time schedules exactly
-as it would have on the robot. Captions and answers are recorded into the same outputs as an
-offline replay, so the same scoring and report apply to the real node. Needs ROS 2 (rclpy).
+The bag's image messages go out as recorded (their own CDR bytes, header stamps untouched, as
+`ros2 bag play` does; rosbag2 is not needed) together with /clock at the bag's time (as
+`ros2 bag play --clock`), so a node running with use_sim_time schedules exactly as it would
+have on the robot. Captions and answers are recorded into the same outputs as an offline
+replay, so the same scoring and report apply to the real node. The player (:func:`play_images`)
+also serves the demo. The one module of replay that needs ROS 2 (rclpy).
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
 import rclpy
+from builtin_interfaces.msg import Time
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
 from rclpy.serialization import serialize_message
+from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
+from rosgraph_msgs.msg import Clock
 
 from smolvlm_ros.engine.types import ANSWER, CAPTION, Result, Timing
 from smolvlm_ros.msg import Caption, VqaAnswer
+from smolvlm_ros.pipeline.intake import NS_PER_S, stamp_fields, stamp_to_ns
 from smolvlm_ros.replay.outputs import result_record
-from smolvlm_ros.replay.run import NS, ReplayStats
-from smolvlm_ros.tools.bag_player import keep_clock_running, play_images
+from smolvlm_ros.replay.run import ReplayStats, image_topics
+
+# Called for each message published: (connection, bag time ns, CDR bytes).
+MessageHook = Callable[[object, int, bytes], None]
+
+
+def message_class(typename: str):
+    package, kind, name = typename.split("/")
+    return getattr(importlib.import_module(f"{package}.{kind}"), name)
+
+
+def play_images(
+    node: Node,
+    bag: Path,
+    rate: float = 1.0,
+    should_stop: Callable[[], bool] = lambda: False,
+    topics: Sequence[str] = (),
+    clock: bool = False,
+    on_message: MessageHook | None = None,
+    subscriber_timeout_s: float = 60.0,
+) -> int:
+    """Publish the bag's image messages (or ``topics``) at ``rate`` x real time; the count.
+    The caller spins ``node``'s executor (in another thread).
+
+    Publishers use the sensor-data QoS, as camera drivers do. Playback starts once every topic
+    has a subscriber (TimeoutError after ``subscriber_timeout_s``), so no frame is lost to
+    discovery.
+    """
+    if rate <= 0:
+        raise ValueError(f"rate must be > 0, got {rate}")
+    count = 0
+    clock_pub = node.create_publisher(Clock, "/clock", 10) if clock else None
+    with AnyReader([Path(bag)]) as reader:
+        connections = image_topics(reader, tuple(topics))
+        publishers = {
+            c.topic: node.create_publisher(
+                message_class(c.msgtype), c.topic, qos_profile_sensor_data
+            )
+            for c in connections
+        }
+        deadline = time.monotonic() + subscriber_timeout_s
+        while missing := [t for t, p in publishers.items() if p.get_subscription_count() == 0]:
+            if time.monotonic() > deadline or should_stop():
+                raise TimeoutError(f"nothing subscribed to {', '.join(missing)}")
+            time.sleep(0.05)
+        wall_start, bag_start = time.monotonic(), None
+        for connection, log_ns, raw in reader.messages(connections=connections):
+            if should_stop():
+                break
+            bag_start = log_ns if bag_start is None else bag_start
+            delay = wall_start + (log_ns - bag_start) / NS_PER_S / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if clock_pub is not None:
+                clock_pub.publish(Clock(clock=Time(**stamp_fields(log_ns))))
+            publishers[connection.topic].publish(bytes(raw))
+            if on_message is not None:
+                on_message(connection, log_ns, bytes(raw))
+            count += 1
+        for publisher in publishers.values():
+            node.destroy_publisher(publisher)
+    return count
+
+
+def keep_clock_running(
+    node: Node,
+    from_ns: int,
+    seconds: float,
+    rate: float = 1.0,
+    on_tick: Callable[[int], None] | None = None,
+) -> int:
+    """Go on publishing /clock after the bag ends, so a sim-time node finishes its due work."""
+    clock_pub = node.create_publisher(Clock, "/clock", 10)
+    now_ns, end = from_ns, time.monotonic() + seconds
+    while time.monotonic() < end:
+        now_ns += int(0.1 * NS_PER_S * rate)
+        clock_pub.publish(Clock(clock=Time(**stamp_fields(now_ns))))
+        if on_tick is not None:
+            on_tick(now_ns)
+        time.sleep(0.1)
+    node.destroy_publisher(clock_pub)
+    return now_ns
 
 
 def message_record(msg, kind: str, published_ns: int) -> dict:
@@ -34,7 +124,7 @@ def message_record(msg, kind: str, published_ns: int) -> dict:
         text=msg.answer if kind == ANSWER else msg.text,
         prompt=p.prompt,
         camera=msg.camera,
-        stamp_ns=msg.header.stamp.sec * NS + msg.header.stamp.nanosec,
+        stamp_ns=stamp_to_ns(msg.header.stamp),
         frame_id=msg.header.frame_id,
         model=p.model,
         backend=p.backend,
@@ -88,8 +178,7 @@ def replay_live(
         sim_now[0] = log_ns
         on_image(connection, log_ns, raw)
         msg = typestore.deserialize_cdr(raw, connection.msgtype)
-        stamp = msg.header.stamp.sec * NS + msg.header.stamp.nanosec
-        stats.frame_stamps.setdefault(connection.topic, []).append(stamp)
+        stats.frame_stamps.setdefault(connection.topic, []).append(stamp_to_ns(msg.header.stamp))
         stats.frames += 1
 
     try:

@@ -11,10 +11,10 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from smolvlm_ros.engine import CAPTION, Result
 from smolvlm_ros.interfaces import typestore_with_our_messages
+from smolvlm_ros.pipeline.intake import stamp_fields
 
 CAPTION_TOPIC = "/smolvlm/caption"
 ANSWER_TOPIC = "/smolvlm/answer"
-NS = 1_000_000_000
 
 
 def result_record(result: Result, publish_ns: int) -> dict:
@@ -81,9 +81,7 @@ class ResultBag:
     def result(self, result: Result, publish_ns: int) -> None:
         t = self.typestore.types
         header = t["std_msgs/msg/Header"](
-            stamp=t["builtin_interfaces/msg/Time"](
-                sec=result.stamp_ns // NS, nanosec=result.stamp_ns % NS
-            ),
+            stamp=t["builtin_interfaces/msg/Time"](**stamp_fields(result.stamp_ns)),
             frame_id=result.frame_id,
         )
         provenance = t["smolvlm_ros/msg/Provenance"](**result.provenance_fields())

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from rosbags.highlevel import AnyReader
 
-from smolvlm_ros.pipeline.intake import message_to_rgb
+from smolvlm_ros.pipeline.intake import message_to_rgb, stamp_to_ns
 
 THUMB_WIDTH = 240
 MAX_FRAMES = 300  # a page, not a video: enough to read through
@@ -26,7 +26,7 @@ def thumbnails(bag: Path, wanted: set[tuple[str, int]]) -> dict[tuple[str, int],
         connections = [c for c in reader.connections if c.topic in topics]
         for connection, _, raw in reader.messages(connections=connections):
             msg = reader.deserialize(raw, connection.msgtype)
-            key = (connection.topic, msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec)
+            key = (connection.topic, stamp_to_ns(msg.header.stamp))
             if key not in wanted or key in out:
                 continue
             rgb = message_to_rgb(msg)

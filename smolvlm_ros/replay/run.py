@@ -18,21 +18,29 @@ from typing import Any
 
 from rosbags.highlevel import AnyReader
 
-from smolvlm_ros.engine import Engine, Frame, Result
+from smolvlm_ros.compat import StrEnum
+from smolvlm_ros.engine import Engine, Result
 from smolvlm_ros.pipeline.change import ChangeGate
-from smolvlm_ros.pipeline.intake import IMAGE_TYPES, message_to_rgb
-from smolvlm_ros.pipeline.runner import CaptionSettings, JobRunner
-from smolvlm_ros.pipeline.scheduler import CameraConfig, CameraStats, FrameScheduler
+from smolvlm_ros.pipeline.intake import IMAGE_TYPES, NS_PER_S, stamp_to_ns
+from smolvlm_ros.pipeline.runner import CaptionSettings, JobRunner, ReceivedImage
+from smolvlm_ros.pipeline.scheduler import CameraConfig, CameraStats, FrameScheduler, ManualClock
 
-MODES = ("every", "live")
-NS = 1_000_000_000
+
+class Mode(StrEnum):
+    """How a bag is replayed (see the module's text)."""
+
+    EVERY = "every"
+    LIVE = "live"
+
+
+MODES = tuple(Mode)
 
 
 @dataclass(frozen=True)
 class ReplayConfig:
     """How to replay: which topics, which mode, what to ask."""
 
-    mode: str = "every"
+    mode: str = Mode.EVERY
     topics: tuple[str, ...] = ()  # empty: every Image / CompressedImage topic in the bag
     compute_s: float = 1.0  # live mode: bag seconds each result occupies the worker
     caption_rate_hz: float = 1.0  # live mode: per camera
@@ -59,32 +67,6 @@ class ReplayStats:
     cameras: dict[str, CameraStats] = field(default_factory=dict)
     # Header stamps (ns) of each camera's messages in bag order: frame index -> stamp.
     frame_stamps: dict[str, list[int]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class BagImage:
-    """An image message from the bag, decoded only if the model uses it."""
-
-    camera: str
-    msg: Any
-    log_ns: int
-
-    def to_frame(self) -> Frame:
-        stamp = self.msg.header.stamp
-        return Frame(
-            image=message_to_rgb(self.msg),
-            camera=self.camera,
-            stamp_ns=stamp.sec * NS + stamp.nanosec,
-            frame_id=self.msg.header.frame_id,
-        )
-
-
-class _BagClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def image_topics(reader: AnyReader, wanted: tuple[str, ...]) -> list:
@@ -119,8 +101,8 @@ def replay(
     with AnyReader([Path(bag)]) as reader:
         connections = image_topics(reader, config.topics)
         cameras = sorted({c.topic for c in connections})
-        clock = _BagClock()
-        rate = config.caption_rate_hz if config.mode == "live" else 1e9
+        clock = ManualClock()  # the bag's time, in seconds
+        rate = config.caption_rate_hz if config.mode == Mode.LIVE else 1e9
         scheduler = FrameScheduler(
             [CameraConfig(c, rate) for c in cameras],
             max_frame_age_s=config.max_frame_age_s,
@@ -129,7 +111,7 @@ def replay(
         runner = JobRunner(
             engine,
             scheduler,
-            to_frame=BagImage.to_frame,
+            to_frame=ReceivedImage.to_frame,
             captions=config.captions,
             change_gate=ChangeGate(config.change_threshold),
         )
@@ -148,31 +130,31 @@ def replay(
                 if job is None:
                     return
                 results = runner.run(job)
-                done = start + (config.compute_s if config.mode == "live" else 0.0)
+                done = start + (config.compute_s if config.mode == Mode.LIVE else 0.0)
                 for result in results:
-                    on_result(result, round(done * NS))
+                    on_result(result, round(done * NS_PER_S))
                 stats.results += len(results)
-                if config.mode == "live":
+                if config.mode == Mode.LIVE:
                     busy_until = done
 
         total = sum(c.msgcount for c in connections)
         for connection, log_ns, raw in reader.messages(connections=connections):
-            t = log_ns / NS
+            t = log_ns / NS_PER_S
             work_until(t)
             clock.now = t
             msg = reader.deserialize(raw, connection.msgtype)
-            stamp_ns = msg.header.stamp.sec * NS + msg.header.stamp.nanosec
+            stamp_ns = stamp_to_ns(msg.header.stamp)
             stats.frame_stamps.setdefault(connection.topic, []).append(stamp_ns)
-            item = BagImage(connection.topic, msg, log_ns)
-            scheduler.offer(connection.topic, item, stamp_ns / NS)
+            item = ReceivedImage(connection.topic, msg)
+            scheduler.offer(connection.topic, item, stamp_ns / NS_PER_S)
             if on_image is not None:
                 on_image(connection, log_ns, raw)
             stats.frames += 1
-            if config.mode == "every":
+            if config.mode == Mode.EVERY:
                 work_until(t)
             if progress is not None:
                 progress(stats.frames, total)
-        if config.mode == "live":  # the bag ended: the node would still caption what is due
+        if config.mode == Mode.LIVE:  # the bag ended: the node would still caption what is due
             clock.now = max(clock.now, busy_until) + 1.0 / config.caption_rate_hz
         work_until(float("inf"))
         stats.cameras = scheduler.stats()

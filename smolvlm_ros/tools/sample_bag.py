@@ -18,9 +18,8 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from smolvlm_ros.photos import PHOTO_NAMES, photo
-from smolvlm_ros.pipeline.intake import is_compressed_topic
+from smolvlm_ros.pipeline.intake import NS_PER_S, is_compressed_topic, stamp_fields
 
-NS_PER_S = 1_000_000_000
 # A fixed start time, so a bag built twice is identical.
 BAG_START_NS = 1_767_225_600 * NS_PER_S  # 2026-01-01T00:00:00Z
 
@@ -40,9 +39,7 @@ class CameraSpec:
 
 def _image_message(typestore, rgb: np.ndarray, topic: str, stamp_ns: int, frame_id: str):
     header = typestore.types["std_msgs/msg/Header"](
-        stamp=typestore.types["builtin_interfaces/msg/Time"](
-            sec=stamp_ns // NS_PER_S, nanosec=stamp_ns % NS_PER_S
-        ),
+        stamp=typestore.types["builtin_interfaces/msg/Time"](**stamp_fields(stamp_ns)),
         frame_id=frame_id,
     )
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
