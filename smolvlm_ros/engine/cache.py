@@ -24,16 +24,11 @@ class EmbeddingCache:
             raise ValueError(f"embedding cache capacity must be >= 0, got {capacity}")
         self.capacity = capacity
         self._items: OrderedDict[tuple, Any] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: tuple) -> Any | None:
         value = self._items.get(key)
-        if value is None:
-            self.misses += 1
-            return None
-        self._items.move_to_end(key)
-        self.hits += 1
+        if value is not None:
+            self._items.move_to_end(key)
         return value
 
     def put(self, key: tuple, value: Any) -> None:
