@@ -1,6 +1,13 @@
 """The model work, free of ROS: frames and prompts in, results with timing and provenance out."""
 
 from smolvlm_ros.engine.backends.base import Sampling
+from smolvlm_ros.engine.backends.registry import (
+    BackendChoice,
+    BackendError,
+    Capability,
+    backend_names,
+    backend_problems,
+)
 from smolvlm_ros.engine.engine import (
     DEFAULT_CAPTION_PROMPT,
     DEFAULT_MAX_NEW_TOKENS,
@@ -32,6 +39,9 @@ __all__ = [
     "FINISH_DEADLINE",
     "FINISH_LENGTH",
     "FINISH_STOP",
+    "BackendChoice",
+    "BackendError",
+    "Capability",
     "DeadlineExceeded",
     "Engine",
     "EngineConfig",
@@ -44,4 +54,6 @@ __all__ = [
     "TilingError",
     "Timing",
     "TokenBudgetError",
+    "backend_names",
+    "backend_problems",
 ]

@@ -4,7 +4,9 @@ It owns what is the same whatever the hardware: tiling plans, preprocessing (the
 own image processor), the prompt and its image-token layout (the reference processor's, checked
 token for token by the parity tests), the embedding cache, batching, bounds (max_new_tokens,
 deadline, cancel), the timing split and the provenance of each result. The two model stages run
-on a :class:`~smolvlm_ros.engine.backends.base.Backend`.
+on a :class:`~smolvlm_ros.engine.backends.base.Backend`, picked by name or ``auto`` through the
+:mod:`~smolvlm_ros.engine.backends.registry`; the engine uses only what crosses that seam and
+asks the backend's capabilities before batching, reusing a prefix or streaming tokens.
 
 Not thread-safe: one worker drives an engine.
 """
@@ -26,6 +28,7 @@ from smolvlm_ros.engine.backends.base import (
     StopCheck,
     TokenCallback,
 )
+from smolvlm_ros.engine.backends.registry import AUTO, BackendChoice, Capability, choose
 from smolvlm_ros.engine.cache import EmbeddingCache, frame_key
 from smolvlm_ros.engine.tiling import ModelGeometry, TilePlan, TilingConfig, plan_tiles
 from smolvlm_ros.engine.types import (
@@ -39,11 +42,10 @@ from smolvlm_ros.engine.types import (
     Result,
     Timing,
 )
-from smolvlm_ros.models.loading import LoadedModel, load_model
+from smolvlm_ros.models.loading import LoadedModel, load_model, select_device, select_dtype
 
 DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
 DEFAULT_MAX_NEW_TOKENS = 32
-BACKENDS = ("torch",)
 
 
 class TokenBudgetError(ValueError):
@@ -61,7 +63,7 @@ class EngineConfig:
     model: str
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    backend: str = "torch"
+    backend: str = AUTO  # auto | a registered backend name (registry.backend_names())
     tiling: TilingConfig = field(default_factory=TilingConfig)
     sampling: Sampling = field(default_factory=Sampling)
     embedding_cache_size: int = 8  # frames whose image embeddings are kept; 0: off
@@ -138,9 +140,16 @@ class Engine:
         tiling: TilingConfig | None = None,
         sampling: Sampling | None = None,
         embedding_cache_size: int = 8,
+        backend_choice: BackendChoice | None = None,
     ) -> None:
         self.loaded = loaded
         self.backend = backend
+        # How the backend was picked (name, reason); None when the caller built it directly,
+        # and then the backend is taken to have every capability.
+        self.backend_choice = backend_choice
+        self.capabilities = (
+            backend_choice.spec.capabilities if backend_choice else frozenset(Capability)
+        )
         self.tiling = (tiling or TilingConfig()).validate()
         self.sampling = (sampling or Sampling()).validate()
         self.processor = loaded.processor
@@ -154,14 +163,23 @@ class Engine:
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> Engine:
-        """Load the model and put it on the configured backend."""
-        if config.backend not in BACKENDS:
-            raise ValueError(f"backend {config.backend!r}: expected one of {', '.join(BACKENDS)}")
-        from smolvlm_ros.engine.backends.torch_backend import TorchBackend
+        """Pick the backend for the resolved device (before any weights load), load the model
+        and build the backend on it. A backend that is unknown, unavailable or cannot run the
+        device / dtype raises :class:`~smolvlm_ros.engine.backends.registry.BackendError`."""
+        device = select_device(config.device)
+        dtype = select_dtype(config.dtype, device)
+        choice = choose(config.backend, device, None if config.dtype == "auto" else dtype)
+        if dtype not in choice.spec.dtypes:  # dtype auto, and the backend does not run that one
+            dtype = choice.spec.dtypes[0]
+        loaded = load_model(config.model, device=device, dtype=dtype)
+        backend = choice.spec.build(loaded)
+        return cls(
+            loaded, backend, config.tiling, config.sampling, config.embedding_cache_size, choice
+        )
 
-        loaded = load_model(config.model, device=config.device, dtype=config.dtype)
-        backend = TorchBackend(loaded.model, loaded.device, loaded.dtype)
-        return cls(loaded, backend, config.tiling, config.sampling, config.embedding_cache_size)
+    def supports(self, capability: Capability) -> bool:
+        """Whether the backend can do ``capability`` (batching, streaming, prefix reuse)."""
+        return capability in self.capabilities
 
     @property
     def is_random(self) -> bool:
@@ -202,8 +220,10 @@ class Engine:
         in each result are the batch's (the vision pass is the first answer's)."""
         if not questions:
             return []
-        if len(questions) == 1:
-            return [self.ask(frame, questions[0], **limits)]
+        if len(questions) == 1 or not (
+            self.supports(Capability.BATCHING) and self.supports(Capability.PREFIX_REUSE)
+        ):  # one at a time (the embedding cache still saves the repeated vision passes)
+            return [self.ask(frame, question, **limits) for question in questions]
         started, queue_wait_s = time.perf_counter(), _queue_wait([frame])
         lim = Limits(**limits).validate()
         if lim.on_token is not None:
@@ -244,6 +264,8 @@ class Engine:
         lim = Limits(**limits).validate()
         if lim.on_token is not None:
             raise ValueError("on_token streams single requests; it cannot follow a batch")
+        if len(frames) > 1 and not self.supports(Capability.BATCHING):
+            return [self.caption(frame, prompt, **limits) for frame in frames]
         self._check_text(prompt)
         encoded = self._encode(frames, lim)
         t0 = time.perf_counter()
@@ -401,7 +423,9 @@ class Engine:
             rest = prompt[prefix_len:]
             input_ids[row, longest - len(rest) :] = rest
             attention_mask[row, longest - len(rest) :] = 1
-        return self.backend.language.generate(
+        # A backend that cannot stream gets no callback; its tokens are passed on at the end.
+        streaming = self.supports(Capability.STREAMING)
+        generations = self.backend.language.generate(
             GenerationRequest(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -409,11 +433,15 @@ class Engine:
                 max_new_tokens=limits.max_new_tokens,
                 min_new_tokens=limits.min_new_tokens,
                 sampling=self.sampling,
-                on_token=limits.on_token,
+                on_token=limits.on_token if streaming else None,
                 should_stop=watch,
                 prefix=prefix,
             )
         )
+        if limits.on_token is not None and not streaming:
+            for token in generations[0].token_ids:
+                limits.on_token(token)
+        return generations
 
     def _finish_reason(self, generation: Generation, limits: Limits, watch: _StopWatch) -> str:
         tokens = generation.token_ids

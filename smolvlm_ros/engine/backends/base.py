@@ -77,6 +77,10 @@ class VisionStage(Protocol):
 class LanguageStage(Protocol):
     """Prompt ids + image embeddings -> new token ids."""
 
+    # The checkpoint's stop tokens: a generation ends after the first one it makes (and says so:
+    # the engine reports finish_reason "stop" when the last token is one of these).
+    eos_ids: frozenset[int]
+
     def generate(self, request: GenerationRequest) -> list[Generation]:
         """One Generation per row of ``request.input_ids``."""
         ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
@@ -17,6 +17,10 @@ from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from smolvlm_ros.engine.backends.base import Generation, GenerationRequest, StopCheck, TokenCallback
+from smolvlm_ros.engine.backends.registry import BackendSpec, Capability, register
+
+if TYPE_CHECKING:
+    from smolvlm_ros.models.loading import LoadedModel
 
 
 class _TokenClock(BaseStreamer):
@@ -92,7 +96,7 @@ class TorchLanguage:
         self.device = device
         config = model.generation_config
         eos = config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, image_embeddings: torch.Tensor) -> Any:
@@ -166,3 +170,21 @@ class TorchBackend:
         self.dtype = dtype
         self.vision = TorchVision(model, device)
         self.language = TorchLanguage(model, device)
+
+
+def build(loaded: LoadedModel) -> TorchBackend:
+    """The model as loaded (already on its device, in its dtype) -> both stages on torch."""
+    return TorchBackend(loaded.model, loaded.device, loaded.dtype)
+
+
+register(
+    BackendSpec(
+        name="torch",
+        devices=("cpu", "cuda"),
+        dtypes=("float32", "bfloat16", "float16"),
+        build=build,
+        capabilities=frozenset(Capability),  # batching, streaming, prefix reuse
+        priority={"cpu": 10, "cuda": 10},  # the reference: specialised backends rank above it
+        description="PyTorch + transformers' Idefics3 code, CPU or CUDA",
+    )
+)
