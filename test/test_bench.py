@@ -47,7 +47,7 @@ def test_bench_reports_engine_and_reference(tmp_path):
     [
         (["--questions", "99"], "--questions must be between 1 and 8"),
         (["--scenarios", "single,warp"], "unknown scenario(s) warp"),
-        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens: max_new_tokens 0: expected 1-4096"),
     ],
 )
 def test_bench_refuses_bad_arguments(args, message):
