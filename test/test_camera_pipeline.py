@@ -8,6 +8,7 @@ import time
 
 import cv2
 import numpy as np
+import pytest
 from rclpy.qos import qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
@@ -22,6 +23,8 @@ from ros_helpers import (
     stop,
     wait_for,
 )
+
+pytestmark = pytest.mark.ros  # ROS 2: rclpy, messages, nodes over DDS
 
 
 def test_30hz_camera_at_1hz_gives_a_caption_a_second_of_the_newest_frame(ros, tmp_path, photos):

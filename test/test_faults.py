@@ -31,6 +31,8 @@ from ros_helpers import (
 )
 from smolvlm_ros.srv import AskQuestion
 
+pytestmark = pytest.mark.ros  # ROS 2: rclpy, messages, nodes over DDS
+
 FAULTY = [sys.executable, str(REPO / "test" / "faulty_node.py")]
 CAM = "/fault/image_raw"
 

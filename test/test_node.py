@@ -17,6 +17,8 @@ from ros_helpers import NodeProcess, image_msg, jpeg_msg, wait_for
 from smolvlm_ros.msg import Caption
 from smolvlm_ros.srv import AskQuestion
 
+pytestmark = pytest.mark.ros  # ROS 2: rclpy, messages, nodes over DDS
+
 CAM_RAW = "/front/image_raw"
 CAM_JPEG = "/rear/image_raw/compressed"
 

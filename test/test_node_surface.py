@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
@@ -23,6 +24,8 @@ from ros_helpers import (
 )
 from smolvlm_ros.msg import VqaAnswer
 from smolvlm_ros.srv import AskQuestion
+
+pytestmark = pytest.mark.ros  # ROS 2: rclpy, messages, nodes over DDS
 
 
 def test_standing_questions_are_answered_with_source_stamps(ros, tmp_path, photos):

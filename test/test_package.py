@@ -9,6 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 from smolvlm_ros.settings import Settings, schema
@@ -17,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 PREFIX = Path(os.environ.get("AMENT_PREFIX_PATH", sys.prefix).split(os.pathsep)[0])
 
 
+@pytest.mark.ros
 def test_interfaces_have_the_documented_fields():
     from smolvlm_ros.msg import Caption, Provenance, Timing, VqaAnswer
     from smolvlm_ros.srv import AskQuestion
@@ -49,6 +51,7 @@ def test_interfaces_have_the_documented_fields():
     }
 
 
+@pytest.mark.ros
 def test_ros_install_layout():
     """What `colcon build` installs: the ros2 run executable, launch, config, package.xml."""
     share = PREFIX / "share" / "smolvlm_ros"
@@ -60,6 +63,7 @@ def test_ros_install_layout():
     assert index.is_file()
 
 
+@pytest.mark.ros
 def test_package_xml():
     from catkin_pkg.package import parse_package
 

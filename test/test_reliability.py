@@ -31,6 +31,8 @@ from ros_helpers import (
 from smolvlm_ros.pipeline.requests import MAX_QUESTION_CHARS
 from smolvlm_ros.srv import AskQuestion
 
+pytestmark = pytest.mark.ros  # ROS 2: rclpy, messages, nodes over DDS
+
 CAM = "/rel/image_raw"
 CAM_JPEG = "/rel/image_raw/compressed"
 REFUSED, ACCEPTED, EITHER = "refused", "accepted", "either"

@@ -6,12 +6,16 @@ import html
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from rosbags.highlevel import AnyReader
 
+from smolvlm_ros.engine.types import ANSWER, CAPTION, FINISH_LENGTH, Result
 from smolvlm_ros.interfaces import typestore_with_our_messages
+from smolvlm_ros.pipeline.intake import stamp_to_ns
+from smolvlm_ros.replay.outputs import ResultBag
 from smolvlm_ros.tools.sample_bag import DEMO_CAMERAS, write_sample_bag
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,15 +93,6 @@ def test_every_frame_mode_writes_jsonl_and_a_bag(bag, tmp_path):
         assert counts == {
             CAMERAS[0]: 15, CAMERAS[1]: 15, "/smolvlm/caption": 30, "/smolvlm/answer": 60,
         }  # fmt: skip
-        connection = next(c for c in reader.connections if c.topic == "/smolvlm/caption")
-        raws = [raw for _, _, raw in reader.messages(connections=[connection])]
-    # the CDR rosbags wrote is what ROS itself reads (ros2 bag play would publish it)
-    from rclpy.serialization import deserialize_message
-
-    from smolvlm_ros.msg import Caption
-
-    first = deserialize_message(bytes(raws[0]), Caption)
-    assert first.text == captions[0]["text"] and first.camera == captions[0]["camera"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 30 and summary["results"] == 90
     assert summary["drop_rate"] == 0.0 and summary["latency_ms"]["p50"] > 0
@@ -110,6 +105,34 @@ def test_every_frame_mode_writes_jsonl_and_a_bag(bag, tmp_path):
     assert page.count('src="data:image/jpeg;base64,') == 30  # every captioned frame, shown
     assert page.count("<svg") == 2 and "Random weights" in page
     assert html.escape(captions[0]["text"]) in page
+
+
+@pytest.mark.ros
+def test_the_result_bag_holds_what_ros_itself_reads(tmp_path):
+    """The CDR rosbags writes is what ROS itself reads (ros2 bag play would publish it)."""
+    from rclpy.serialization import deserialize_message
+
+    from smolvlm_ros.msg import Caption, VqaAnswer
+
+    caption = Result(
+        kind=CAPTION, text="a cat", prompt="Describe.", camera="/cam",
+        stamp_ns=1_767_225_600_000_000_005, frame_id="cam", model="random:tiny",
+        backend="torch", device="cpu", dtype="float32", tile_rows=1, tile_cols=2, num_images=3,
+        finish_reason=FINISH_LENGTH,
+    )  # fmt: skip
+    answer = replace(caption, kind=ANSWER, prompt="Is there a cat?", text="yes")
+    bag = ResultBag(tmp_path / "bag")
+    bag.result(caption, 7)
+    bag.result(answer, 8)
+    bag.close()
+    with AnyReader([tmp_path / "bag"], default_typestore=typestore_with_our_messages()) as reader:
+        raws = {c.topic: raw for c, _, raw in reader.messages()}
+    got = deserialize_message(bytes(raws["/smolvlm/caption"]), Caption)
+    assert (got.text, got.camera, got.header.frame_id) == ("a cat", "/cam", "cam")
+    assert stamp_to_ns(got.header.stamp) == caption.stamp_ns
+    assert (got.timing.finish_reason, got.provenance.tile_cols) == ("length", 2)
+    got = deserialize_message(bytes(raws["/smolvlm/answer"]), VqaAnswer)
+    assert (got.question, got.answer) == ("Is there a cat?", "yes")
 
 
 def test_running_twice_gives_identical_results(bag, tmp_path):
@@ -184,6 +207,7 @@ def test_two_runs_compare_side_by_side(bag, tmp_path):
     assert bad.returncode == 2 and "is not a replay output" in bad.stderr
 
 
+@pytest.mark.ros
 def test_live_mode_records_what_the_running_node_publishes(bag, tmp_path):
     """The bag played over DDS, with /clock, into vlm_node running on sim time."""
     from ros_helpers import NodeProcess, wait_for

@@ -15,10 +15,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 
 from ros_helpers import Camera, Collector, camera_stats, image_msg, start, stop, wait_for
 from smolvlm_ros.srv import AskQuestion
+
+pytestmark = pytest.mark.ros  # ROS 2: rclpy, messages, nodes over DDS
 
 SOAK_S = float(os.environ.get("SMOLVLM_SOAK_S", "60"))
 WARM_UP_S = 15.0

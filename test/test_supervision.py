@@ -30,6 +30,8 @@ from smolvlm_ros.pipeline.requests import (
 )
 from smolvlm_ros.pipeline.scheduler import UNCHANGED, CameraStats, ManualClock
 
+pytestmark = pytest.mark.ros  # ROS 2: rclpy, messages, nodes over DDS
+
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None)
 
 

@@ -52,6 +52,7 @@ def test_bags_are_never_overwritten(tmp_path):
         write_sample_bag(tmp_path / "bag", DEMO_CAMERAS)
 
 
+@pytest.mark.ros
 def test_demo_runs_end_to_end(tmp_path):
     env = dict(os.environ, SMOLVLM_ROS_CACHE=str(tmp_path))
     out = subprocess.run(
