@@ -57,10 +57,21 @@ def test_ros_install_layout():
     share = PREFIX / "share" / "smolvlm_ros"
     executable = PREFIX / "lib" / "smolvlm_ros" / "vlm_node"
     assert executable.is_file() and os.access(executable, os.X_OK)
+    # run by the interpreter the package was built for, not whichever python3 is first on PATH
+    interpreter = Path(executable.read_text().splitlines()[0].removeprefix("#!"))
+    assert interpreter.is_absolute() and "python" in interpreter.name, interpreter
+    assert os.access(interpreter, os.X_OK), interpreter
     for relative in ("launch/vlm.launch.py", "config/vlm.yaml", "package.xml"):
         assert (share / relative).is_file(), relative
     index = PREFIX / "share" / "ament_index" / "resource_index" / "packages" / "smolvlm_ros"
     assert index.is_file()
+
+
+def test_license_is_the_declared_one():
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "<license>Apache-2.0</license>" in (REPO / "package.xml").read_text()
+    assert 'license="Apache-2.0"' in (REPO / "setup.py").read_text()
 
 
 @pytest.mark.ros
