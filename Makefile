@@ -55,6 +55,9 @@ test: setup lint
 test-slow: setup
 	$(PY) -m pytest -m slow
 
+test-core: $(DEPS_STAMP)  # what needs no ROS (tests not marked `ros`)
+	$(PY) -m pytest -m "not ros and not slow"
+
 # The load test for longer than `make test` runs it (60 s): SOAK_S seconds, figures printed.
 SOAK_S ?= 300
 soak: setup
