@@ -11,13 +11,15 @@ export CMAKE_PREFIX_PATH := $(abspath $(VENV))
 
 DEPS_STAMP := $(VENV)/.deps-installed
 BUILD_STAMP := $(VENV)/.package-built
+LAUNCH_STAMP := $(VENV)/.launch-installed
+LAUNCH_DIR := third_party/ros-launch
 SOURCES := CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv action/*.action) \
 	$(wildcard scripts/* launch/* config/*) \
 	$(shell find smolvlm_ros -name '*.py' 2>/dev/null)
 
 .PHONY: setup demo test test-slow soak lint format clean
 
-setup: $(BUILD_STAMP)
+setup: $(BUILD_STAMP) $(LAUNCH_STAMP)
 
 $(DEPS_STAMP): $(wildcard requirements/*.txt)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (the ROS 2 wheels are cp311)"; exit 1; }
@@ -35,6 +37,24 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
 		&& cmake --build build -j 2 >> build.log 2>&1 \
 		&& cmake --install build >> build.log 2>&1 \
 		|| { tail -40 build.log; echo "interface build failed: see build.log"; exit 1; }
+	touch $@
+
+# The launch system and the ros2 CLI (`ros2 launch`, `ros2 lifecycle`), vendored in $(LAUNCH_DIR)
+# (not on PyPI; their PyPI dependencies are pinned in requirements/launch.txt), and the
+# composition_interfaces package launch_ros imports, built into the venv like ours; the include
+# path fix for the PyPI ROS wheels is injected without editing the vendored CMakeLists.txt.
+$(LAUNCH_STAMP): $(DEPS_STAMP) $(wildcard $(LAUNCH_DIR)/wheels/*.whl) \
+		$(shell find $(LAUNCH_DIR)/composition_interfaces -type f 2>/dev/null) \
+		cmake/ros_wheels_include_fix.cmake
+	mkdir -p build
+	$(PY) -m pip install --quiet --no-deps $(wildcard $(LAUNCH_DIR)/wheels/*.whl)
+	cmake -S $(LAUNCH_DIR)/composition_interfaces -B build/composition_interfaces \
+		-DCMAKE_INSTALL_PREFIX=$(abspath $(VENV)) -DPython3_EXECUTABLE=$(abspath $(PY)) \
+		-DBUILD_TESTING=OFF -DCMAKE_PROJECT_INCLUDE=$(abspath cmake/ros_wheels_include_fix.cmake) \
+		> build/composition_interfaces.log 2>&1 \
+		&& cmake --build build/composition_interfaces -j 2 >> build/composition_interfaces.log 2>&1 \
+		&& cmake --install build/composition_interfaces >> build/composition_interfaces.log 2>&1 \
+		|| { tail -40 build/composition_interfaces.log; echo "composition_interfaces build failed"; exit 1; }
 	touch $@
 
 # MODEL=<hub id | checkpoint dir | random:shape> picks the model (default: cached real one, else random:256m)
