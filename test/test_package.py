@@ -114,7 +114,7 @@ def test_launch_file_declares_its_arguments():
     names = {key.value for key in arguments.keys}
     assert names == {
         "params_file", "namespace", "profile", "model", "backend", "device", "image_topics",
-        "image_topic", "use_sim_time", "respawn", "respawn_delay",
+        "image_topic", "use_sim_time", "respawn", "respawn_delay", "autostart",
     }  # fmt: skip
     assert 'executable="vlm_node"' in source and 'package="smolvlm_ros"' in source
 

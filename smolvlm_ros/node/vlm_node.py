@@ -1,6 +1,6 @@
 """``vlm_node``: cameras in, captions and answers out.
 
-A thin layer over the core: parameters become a :class:`NodeSettings`, image callbacks only
+A thin layer over the core: parameters become :class:`Settings` (the schema's), image callbacks only
 store the message in the camera's latest-wins slot (no decoding, no inference), one worker
 thread takes jobs from the :class:`FrameScheduler` and runs them through the shared
 :class:`JobRunner`, and ``~/ask`` queues its question ahead of captions and waits for the
@@ -18,20 +18,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import inspect
+import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.action import ActionServer, CancelResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -43,23 +46,14 @@ from smolvlm_ros.engine import (
     FINISH_DEADLINE,
     DeadlineExceeded,
     Engine,
-    EngineConfig,
     Frame,
     Result,
 )
+from smolvlm_ros.models.loading import ModelLoadError
 from smolvlm_ros.msg import Caption, VqaAnswer
 from smolvlm_ros.node.diagnostics import CaptionRates, LatencyWindow, WorkerHealth, diagnostics
 from smolvlm_ros.node.messages import stamp_to_ns, to_caption, to_vqa_answer
-from smolvlm_ros.node.settings import (
-    DESCRIPTIONS,
-    LIVE,
-    MAX_NEW_TOKENS_LIMIT,
-    NUMBER_LISTS,
-    RANGES,
-    STRING_LISTS,
-    NodeSettings,
-    SettingsError,
-)
+from smolvlm_ros.node.parameters import changed_settings, declare_parameters
 from smolvlm_ros.node.supervision import (
     CALLBACK_ERROR,
     DECODE_ERROR,
@@ -78,13 +72,15 @@ from smolvlm_ros.pipeline.requests import (
     check_question,
     check_seconds,
 )
-from smolvlm_ros.pipeline.runner import CaptionSettings, JobRunner
+from smolvlm_ros.pipeline.runner import JobRunner
 from smolvlm_ros.pipeline.scheduler import (
+    DropReason,
     FrameScheduler,
     QuestionJob,
     SchedulerClosed,
     SchedulerFull,
 )
+from smolvlm_ros.settings import MAX_NEW_TOKENS_LIMIT, Settings, SettingsError, schema
 from smolvlm_ros.srv import AskQuestion
 
 # Exit codes of the process (see node/__init__.py): start-up failed / stopped by a failure.
@@ -98,6 +94,13 @@ EXPIRY_GRACE_S = 0.1
 CRASH_REPORTED_FOR_S = 60.0
 # Shutdown waits this long for the worker (a backend stuck in native code cannot be joined).
 WORKER_JOIN_S = 10.0
+# Frames received while the node is configured but not active are dropped, counted as this.
+INACTIVE = DropReason.INACTIVE
+INACTIVE_ERROR = "the node is inactive (lifecycle); activate it to get answers"
+AUTOSTART_DESCRIPTION = (
+    "configure and activate at start-up (true), or wait for a lifecycle manager or "
+    "`ros2 lifecycle set` (false)"
+)
 
 
 class AskError(Exception):
@@ -159,8 +162,20 @@ class ReceivedImage:
         )
 
 
-class VlmNode(Node):
-    """The SmolVLM node. Raises :class:`SettingsError` / ``ModelLoadError`` from the constructor.
+class VlmNode(LifecycleNode):
+    """The SmolVLM node, a managed (lifecycle) node; nothing is loaded until it is configured.
+
+    - configure: parameters read and validated, the model loaded, scheduler and runner built,
+      subscriptions, publishers, ``~/ask`` and ``~/describe`` created (paused). A bad parameter or
+      model fails the transition (the message logged, :attr:`config_error`) and leaves the node
+      unconfigured, with nothing half-started.
+    - activate: frames scheduled and captioned, requests answered, diagnostics published, the
+      worker and the watchdog running.
+    - deactivate: paused; frames are dropped and counted (``dropped_inactive``), requests are
+      answered "the node is inactive".
+    - cleanup: the worker stopped, the interfaces destroyed, the model released (GPU memory
+      included), so that read-only parameters such as ``model`` can be set before the next
+      configure. shutdown: the same, from any state.
 
     ``on_fatal`` is called (from the watchdog thread) when the node cannot go on; ``fatal_error``
     then says why, and the process should exit with :data:`EXIT_INTERNAL_FAILURE`.
@@ -176,25 +191,89 @@ class VlmNode(Node):
         self.log = SafeLogger(self.get_logger())
         self.failures = FailureCounts()
         self.fatal_error: str | None = None
+        self.config_error: str | None = None
         self._on_fatal = on_fatal or (lambda: None)
-        self.settings = self._read_settings()
-        s = self.settings
-        cameras = self._resolve_cameras(s.image_topics)
-        self.log.info(f"loading model {s.model!r} (device={s.device}, dtype={s.dtype})")
-        self.engine = Engine.from_config(
-            EngineConfig(
-                model=s.model, backend=s.backend, device=s.device, dtype=s.dtype, tiling=s.tiling()
-            )
-        )
-        if self.engine.is_random:
-            self.log.warning(
-                f"model {s.model!r} has RANDOM weights: its captions are meaningless text "
-                "(for tests and benchmarks; set `model` to a real checkpoint for real captions)"
-            )
-        backend = self.engine.backend
-        self.log.info(f"model ready on {backend.name}/{backend.device} ({backend.dtype})")
+        self.autostart = self.declare_parameter(
+            "autostart",
+            True,
+            ParameterDescriptor(description=AUTOSTART_DESCRIPTION, read_only=True),
+        ).value
+        self.settings: Settings | None = None
+        self.engine: Engine | None = None
+        self.scheduler: FrameScheduler | None = None
+        self.runner: JobRunner | None = None
+        self.worker: RestartingThread | None = None
+        self.loading = False  # configure is loading the model (main() may have to cut it short)
+        self._declared = False
+        self._active = threading.Event()
+        self._stop = threading.Event()
+        self._destroyers: list[Callable[[], Any]] = []  # what configure created, for cleanup
+        self.add_on_set_parameters_callback(self._on_parameters)
 
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        started = time.monotonic()
+        self.config_error = None
+        try:
+            self._configure()
+        except (SettingsError, ModelLoadError) as err:
+            return self._configure_failed(str(err))
+        except Exception as err:  # e.g. a parameter of the wrong type in the YAML file
+            return self._configure_failed(f"{type(err).__name__}: {err}")
+        finally:
+            self.loading = False
+        self._set_fixed_parameters_read_only(True)
+        self.log.info(f"configured in {time.monotonic() - started:.2f} s")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure_failed(self, message: str) -> TransitionCallbackReturn:
+        self.config_error = message
+        self.log.error(f"configure failed: {message}")
+        self._release()
+        return TransitionCallbackReturn.FAILURE
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.worker is None:
+            self._start_threads()
+        self._active.set()
+        self._diagnostics_timer.reset()
+        s = self.settings
+        mode = "one mosaic of all cameras" if s.mosaic else "per camera"
+        self.log.info(
+            f"active: listening on {', '.join(self.scheduler.cameras)}; captions on "
+            f"{self.caption_pub.topic_name} at up to {s.caption_rate_hz} Hz {mode}; questions "
+            f"on {self.ask_srv.service_name}"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active.clear()
+        self._diagnostics_timer.cancel()
+        self.log.info(f"inactive: frames are dropped ({INACTIVE}), requests refused")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._set_fixed_parameters_read_only(False)
+        self.log.info("cleaned up: model released; read-only parameters can be set")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    @property
+    def active(self) -> bool:
+        return self._active.is_set()
+
+    def _configure(self) -> None:
+        """Everything configure builds, in order; raises on a bad parameter or model."""
+        self.settings = s = self._current_settings()
+        cameras = self._resolve_cameras(s.image_topics)
+        self._load_model(s)
         self.default_camera = cameras[0]
+        self._stop = threading.Event()
         self.scheduler = FrameScheduler(
             s.camera_configs(cameras),
             max_frame_age_s=s.max_frame_age_s,
@@ -204,13 +283,12 @@ class VlmNode(Node):
             max_questions_per_caption=s.max_questions_per_caption,
             clock=self._ros_seconds,
         )
-        self._stop = threading.Event()
         self.heartbeat = Heartbeat()
         self.runner = JobRunner(
             self.engine,
             self.scheduler,
             to_frame=ReceivedImage.to_frame,
-            captions=CaptionSettings(s.caption_prompt, s.max_new_tokens, s.questions),
+            captions=s.captions(),
             change_gate=ChangeGate(s.change_threshold),
             should_stop=self._stop.is_set,
             report=self._on_failure,
@@ -224,15 +302,73 @@ class VlmNode(Node):
         self._open_lock = threading.Lock()
         self._create_interfaces(cameras)
 
+    def _current_settings(self) -> Settings:
+        """The parameters as settings: declared (and checked for unknown names) at the first
+        configure, read back at later ones."""
+        if not self._declared:
+            self._declared = True
+            return self._read_settings()
+        missing = [name for name in schema() if not self.has_parameter(name)]
+        if missing:  # the first configure failed while declaring them
+            raise SettingsError(f"parameter(s) {', '.join(missing)} not declared: restart the node")
+        values = {}
+        for name in schema():
+            with contextlib.suppress(ParameterUninitializedException):  # an empty list
+                values[name] = self.get_parameter(name).value
+        return Settings.from_mapping({k: v for k, v in values.items() if v is not None})
+
+    def _load_model(self, s: Settings) -> None:
+        self.log.info(f"loading model {s.model!r} (device={s.device}, dtype={s.dtype})")
+        self.loading = True
+        self.engine = Engine.from_config(s.engine_config())
+        self.loading = False
+        if self.engine.is_random:
+            self.log.warning(
+                f"model {s.model!r} has RANDOM weights: its captions are meaningless text "
+                "(for tests and benchmarks; set `model` to a real checkpoint for real captions)"
+            )
+        backend = self.engine.backend
+        self.log.info(f"model ready on {backend.name}/{backend.device} ({backend.dtype})")
+
+    def _start_threads(self) -> None:
         self.worker = RestartingThread(self._work, name="smolvlm-worker")
         self.worker.start()
         self._watchdog = threading.Thread(target=self._watch, name="smolvlm-watchdog", daemon=True)
         self._watchdog.start()
-        mode = "one mosaic of all cameras" if s.mosaic else "per camera"
-        self.log.info(
-            f"listening on {', '.join(cameras)}; captions on {self.caption_pub.topic_name} "
-            f"at up to {s.caption_rate_hz} Hz {mode}; questions on {self.ask_srv.service_name}"
-        )
+
+    def _release(self) -> None:
+        """Undo configure: stop the worker (cutting its generation short) and the watchdog,
+        destroy the interfaces, drop the model and free its memory. Safe to call in any state."""
+        self._active.clear()
+        self._stop.set()
+        if self.scheduler is not None:
+            self.scheduler.close()
+        if self.worker is not None:
+            if not self.worker.join(WORKER_JOIN_S):
+                self.log.error(f"the worker did not stop within {WORKER_JOIN_S:g} s; leaving it")
+            self._watchdog.join(1.0)
+        while self._destroyers:
+            with contextlib.suppress(Exception):
+                self._destroyers.pop()()
+        had_model = self.engine is not None
+        self.worker = self.runner = self.scheduler = self.engine = None
+        if had_model:
+            _free_model_memory()
+
+    def _set_fixed_parameters_read_only(self, read_only: bool) -> None:
+        """Settings that cannot change at run time (model, device, topics, ...) are read-only
+        while the node is configured and writable while it is not, for the next configure.
+        rclpy has no public way to change a declared descriptor's read_only."""
+        for name, setting in schema().items():
+            if not setting.spec.live and self.has_parameter(name):
+                self._descriptors[name].read_only = read_only
+
+    def _on_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Unconfigured, any value is taken (the next configure validates it); configured,
+        live changes are validated and applied."""
+        if self.runner is None:
+            return SetParametersResult(successful=True)
+        return self._on_set_parameters(params)
 
     def _resolve_cameras(self, topics: tuple[str, ...]) -> list[str]:
         """Cameras are named by their resolved topic (after namespace and remapping), as `ros2
@@ -252,11 +388,17 @@ class VlmNode(Node):
         return cameras
 
     def _create_interfaces(self, cameras: list[str]) -> None:
+        """Created by configure, live only while active; each registered for cleanup."""
         s = self.settings
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.caption_pub = self.create_publisher(Caption, "~/caption", 10)
-        self.answer_pub = self.create_publisher(VqaAnswer, "~/answer", 10)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.caption_pub = self._created(
+            self.create_publisher(Caption, "~/caption", 10), self.destroy_publisher
+        )
+        self.answer_pub = self._created(
+            self.create_publisher(VqaAnswer, "~/answer", 10), self.destroy_publisher
+        )
+        self.diagnostics_pub = self._created(
+            self.create_publisher(DiagnosticArray, "/diagnostics", 10), self.destroy_publisher
+        )
         image_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=s.qos_depth,
@@ -268,21 +410,31 @@ class VlmNode(Node):
         )
         for camera in cameras:
             msg_type = CompressedImage if is_compressed_topic(camera) else Image
-            self.create_subscription(
-                msg_type,
-                camera,
-                lambda msg, camera=camera: self._on_image(camera, msg),
-                image_qos,
+            self._created(
+                self.create_subscription(
+                    msg_type,
+                    camera,
+                    lambda msg, camera=camera: self._on_image(camera, msg),
+                    image_qos,
+                ),
+                self.destroy_subscription,
             )
         # Reentrant: an awaiting ~/ask holds its callback group until answered; in the node's
         # default (mutually exclusive) group it would hold up every other request and camera.
-        self.ask_srv = self.create_service(
-            AskQuestion, "~/ask", self._on_ask, callback_group=ReentrantCallbackGroup()
+        self.ask_srv = self._created(
+            self.create_service(
+                AskQuestion, "~/ask", self._on_ask, callback_group=ReentrantCallbackGroup()
+            ),
+            self.destroy_service,
         )
         # On the steady clock: diagnostics keep coming when a replay's /clock pauses.
-        self.create_timer(
-            1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME)
+        self._diagnostics_timer = self._created(
+            self.create_timer(
+                1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME)
+            ),
+            self.destroy_timer,
         )
+        self._diagnostics_timer.cancel()  # until activated
         self.describe_server = ActionServer(
             self,
             Describe,
@@ -291,45 +443,20 @@ class VlmNode(Node):
             cancel_callback=lambda _: CancelResponse.ACCEPT,
             callback_group=ReentrantCallbackGroup(),
         )
+        self._destroyers.append(self.describe_server.destroy)
+
+    def _created(self, entity: Any, destroy: Callable[[Any], Any]) -> Any:
+        """Register a publisher, subscription, service or timer for cleanup; returns it."""
+        self._destroyers.append(lambda: destroy(entity))
+        return entity
 
     def _ros_seconds(self) -> float:
         return self.get_clock().now().nanoseconds / 1e9
 
     # -- parameters ------------------------------------------------------------------------
 
-    def _read_settings(self) -> NodeSettings:
-        defaults = NodeSettings()
-        values = {}
-        for field in fields(NodeSettings):
-            name, default = field.name, getattr(defaults, field.name)
-            numeric = isinstance(default, float) or name in NUMBER_LISTS
-            descriptor = ParameterDescriptor(
-                description=DESCRIPTIONS[name],
-                read_only=name not in LIVE,  # model, device, topics, tiling: restart the node
-                # YAML writes `2` or `[1, 2]` for these: accept integers for float parameters.
-                dynamic_typing=numeric,
-            )
-            if name in RANGES and not numeric:
-                lo, hi = RANGES[name]
-                descriptor.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=1)]
-            if name in NUMBER_LISTS:
-                initial = None
-            elif name in STRING_LISTS:
-                initial = Parameter.Type.STRING_ARRAY
-            else:
-                initial = list(default) if isinstance(default, tuple) else default
-            value = self.declare_parameter(name, initial, descriptor).value
-            values[name] = _coerce(name, value, default)
-        # ROS ignores parameters nobody declares; a typo in a params file must not go unnoticed.
-        unknown = sorted(
-            name
-            for name in self._parameter_overrides
-            if not self.has_parameter(name) and not name.startswith("qos_overrides.")
-        )
-        if unknown:
-            known = ", ".join(f.name for f in fields(NodeSettings))
-            raise SettingsError(f"unknown parameter(s) {', '.join(unknown)}; known: {known}")
-        return NodeSettings(**values).validate()
+    def _read_settings(self) -> Settings:
+        return declare_parameters(self)
 
     def _refuse_parameters(self, params: list[Parameter], err: Exception) -> SetParametersResult:
         return SetParametersResult(successful=False, reason=f"internal error: {err}")
@@ -337,17 +464,12 @@ class VlmNode(Node):
     @contained(reply=_refuse_parameters)
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate and apply live changes (ROS has already refused read-only ones)."""
-        ours = {p.name: p.value for p in params if p.name in LIVE}
-        if not ours:
-            return SetParametersResult(successful=True)
         try:
-            changes = {
-                name: _coerce(name, value, getattr(self.settings, name))
-                for name, value in ours.items()
-            }
-            settings = replace(self.settings, **changes).validate()
+            settings = changed_settings(self.settings, params)
         except SettingsError as err:
             return SetParametersResult(successful=False, reason=str(err))
+        if settings is None:
+            return SetParametersResult(successful=True)
         self.settings = settings
         names = self.scheduler.cameras
         self.scheduler.reconfigure(
@@ -356,17 +478,18 @@ class VlmNode(Node):
             mosaic_rate_hz=settings.caption_rate_hz,
             max_questions_per_caption=settings.max_questions_per_caption,
         )
-        self.runner.captions = CaptionSettings(
-            settings.caption_prompt, settings.max_new_tokens, settings.questions
-        )
+        self.runner.captions = settings.captions()
         self.runner.change_gate.threshold = settings.change_threshold
-        self.log.info(f"reconfigured: {', '.join(sorted(ours))}")
+        self.log.info(f"reconfigured: {', '.join(sorted(p.name for p in params))}")
         return SetParametersResult(successful=True)
 
     # -- intake ----------------------------------------------------------------------------
 
     @contained()
     def _on_image(self, camera: str, msg: Any) -> None:
+        if not self._active.is_set():
+            self.scheduler.record_drop(camera, INACTIVE)
+            return
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec / 1e9
         self.scheduler.offer(camera, ReceivedImage(camera, msg, time.monotonic()), stamp)
 
@@ -458,6 +581,8 @@ class VlmNode(Node):
     def _question_job(self, request: Any, question: str) -> QuestionJob:
         """A job from an ~/ask request or a ~/describe goal (fields they share), every field
         checked before use."""
+        if not self._active.is_set():
+            raise AskError(INACTIVE_ERROR)
         s = self.settings
         try:
             question = check_question(question)
@@ -531,6 +656,9 @@ class VlmNode(Node):
         decode errors, this loop anything else), and if it ends anyway the watchdog restarts it.
         """
         while not self._stop.is_set():
+            if not self._active.is_set():  # paused (deactivated)
+                self._stop.wait(0.1)
+                continue
             backoff = self.runner.backoff_s()
             if backoff > 0:  # repeated inference failures: let a transient fault pass
                 self._stop.wait(backoff)
@@ -543,7 +671,8 @@ class VlmNode(Node):
                 results = self.runner.run(job)
                 if self._stop.is_set():  # cut short by shutdown: not a real result
                     break
-                if not isinstance(job, QuestionJob):  # ~/ask answers go to their caller only
+                if not isinstance(job, QuestionJob) and self._active.is_set():
+                    # ~/ask answers go to their caller only; nothing is published once paused
                     self._publish(results)
             except Exception as err:
                 self.failures.add(CALLBACK_ERROR, f"worker: {type(err).__name__}: {err}")
@@ -655,13 +784,16 @@ class VlmNode(Node):
 
     def destroy_node(self) -> None:
         """Stop the worker (cutting its generation short) before tearing down ROS handles."""
-        if hasattr(self, "worker"):
-            self._stop.set()
-            self.scheduler.close()
-            if not self.worker.join(WORKER_JOIN_S):
-                self.log.error(f"the worker did not stop within {WORKER_JOIN_S:g} s; leaving it")
-            self.describe_server.destroy()
+        self._release()
         super().destroy_node()
+
+
+def _free_model_memory() -> None:
+    """Collect the dropped model, and hand CUDA's cached blocks back to the device."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def camera_of(
@@ -683,30 +815,3 @@ def camera_of(
         known = ", ".join(dict.fromkeys(aliases.values()))
         raise AskError(f"unknown camera {name!r}: this node listens on {known}")
     return camera
-
-
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """The parameter's value in the settings' type: floats from ints, tuples from lists,
-    an unset list as its default."""
-    if isinstance(default, float) or name in NUMBER_LISTS:
-        return _numbers(name, value, default)
-    if isinstance(default, tuple):
-        return default if value is None else tuple(value)
-    return value
-
-
-def _numbers(name: str, value: Any, default: Any) -> Any:
-    """A float, or a tuple of floats, from what the parameter file gave (ints included)."""
-
-    def number(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise SettingsError(f"{name} must be a number, got {value!r}")
-        return float(v)
-
-    if isinstance(default, float):
-        return number(value)
-    if value is None:
-        return default
-    if not isinstance(value, list | tuple):
-        raise SettingsError(f"{name} must be a list of numbers, got {value!r}")
-    return tuple(number(v) for v in value)

@@ -47,6 +47,7 @@ class DropReason(StrEnum):
     UNCHANGED = "unchanged"  # the scene barely changed since the last caption (change gating)
     DECODE_ERROR = "decode_error"  # the message could not be decoded
     INFERENCE_ERROR = "inference_error"  # the model failed on it
+    INACTIVE = "inactive"  # received while the node was not active (lifecycle: deactivated)
 
 
 # The names the rest of the code imports.
