@@ -48,13 +48,22 @@ def _initial(setting: Setting) -> Any:
     return setting.default
 
 
+def declare_setting(node: Node, name: str) -> Any:
+    """Declare one setting as a parameter (once) and return its raw value; ``autostart`` is
+    needed before the node is configured, the others are declared at the first configure."""
+    if node.has_parameter(name):
+        return node.get_parameter(name).value
+    setting = schema()[name]
+    return node.declare_parameter(name, _initial(setting), _descriptor(setting)).value
+
+
 def declare_parameters(node: Node) -> Settings:
     """Declare every setting on ``node`` and return the validated settings it was given;
     :class:`SettingsError` names a bad value or an unknown parameter (a typo in the YAML, which
     ROS alone would ignore)."""
     values = {}
-    for name, setting in schema().items():
-        value = node.declare_parameter(name, _initial(setting), _descriptor(setting)).value
+    for name in schema():
+        value = declare_setting(node, name)
         if value is not None:
             values[name] = value
     unknown = sorted(

@@ -24,11 +24,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.action import ActionServer, CancelResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -46,14 +45,13 @@ from smolvlm_ros.engine import (
     FINISH_DEADLINE,
     DeadlineExceeded,
     Engine,
-    Frame,
     Result,
 )
 from smolvlm_ros.models.loading import ModelLoadError
 from smolvlm_ros.msg import Caption, VqaAnswer
 from smolvlm_ros.node.diagnostics import CaptionRates, LatencyWindow, WorkerHealth, diagnostics
-from smolvlm_ros.node.messages import stamp_to_ns, to_caption, to_vqa_answer
-from smolvlm_ros.node.parameters import changed_settings, declare_parameters
+from smolvlm_ros.node.messages import to_caption, to_vqa_answer
+from smolvlm_ros.node.parameters import changed_settings, declare_parameters, declare_setting
 from smolvlm_ros.node.supervision import (
     CALLBACK_ERROR,
     DECODE_ERROR,
@@ -65,14 +63,19 @@ from smolvlm_ros.node.supervision import (
     SafeLogger,
 )
 from smolvlm_ros.pipeline.change import ChangeGate
-from smolvlm_ros.pipeline.intake import ImageDecodeError, is_compressed_topic, message_to_rgb
+from smolvlm_ros.pipeline.intake import (
+    NS_PER_S,
+    ImageDecodeError,
+    is_compressed_topic,
+    stamp_to_ns,
+)
 from smolvlm_ros.pipeline.requests import (
     RequestError,
     check_max_new_tokens,
     check_question,
     check_seconds,
 )
-from smolvlm_ros.pipeline.runner import JobRunner
+from smolvlm_ros.pipeline.runner import JobRunner, ReceivedImage
 from smolvlm_ros.pipeline.scheduler import (
     DropReason,
     FrameScheduler,
@@ -97,10 +100,6 @@ WORKER_JOIN_S = 10.0
 # Frames received while the node is configured but not active are dropped, counted as this.
 INACTIVE = DropReason.INACTIVE
 INACTIVE_ERROR = "the node is inactive (lifecycle); activate it to get answers"
-AUTOSTART_DESCRIPTION = (
-    "configure and activate at start-up (true), or wait for a lifecycle manager or "
-    "`ros2 lifecycle set` (false)"
-)
 
 
 class AskError(Exception):
@@ -144,24 +143,6 @@ def contained(reply: Callable[..., Any] | None = None):
     return decorate
 
 
-@dataclass(frozen=True)
-class ReceivedImage:
-    """A camera message as received; decoded only if the worker actually uses it."""
-
-    camera: str
-    msg: Any  # sensor_msgs Image or CompressedImage
-    received_at: float  # time.monotonic()
-
-    def to_frame(self) -> Frame:
-        return Frame(
-            image=message_to_rgb(self.msg),
-            camera=self.camera,
-            stamp_ns=stamp_to_ns(self.msg.header.stamp),
-            frame_id=self.msg.header.frame_id,
-            received_at=self.received_at,
-        )
-
-
 class VlmNode(LifecycleNode):
     """The SmolVLM node, a managed (lifecycle) node; nothing is loaded until it is configured.
 
@@ -193,11 +174,9 @@ class VlmNode(LifecycleNode):
         self.fatal_error: str | None = None
         self.config_error: str | None = None
         self._on_fatal = on_fatal or (lambda: None)
-        self.autostart = self.declare_parameter(
-            "autostart",
-            True,
-            ParameterDescriptor(description=AUTOSTART_DESCRIPTION, read_only=True),
-        ).value
+        self.autostart = Settings.from_mapping(
+            {"autostart": declare_setting(self, "autostart")}
+        ).autostart
         self.settings: Settings | None = None
         self.engine: Engine | None = None
         self.scheduler: FrameScheduler | None = None
@@ -328,7 +307,11 @@ class VlmNode(LifecycleNode):
                 "(for tests and benchmarks; set `model` to a real checkpoint for real captions)"
             )
         backend = self.engine.backend
-        self.log.info(f"model ready on {backend.name}/{backend.device} ({backend.dtype})")
+        choice = self.engine.backend_choice
+        self.log.info(
+            f"model ready on {backend.name}/{backend.device} ({backend.dtype})"
+            + (f"; backend {choice.reason}" if choice else "")
+        )
 
     def _start_threads(self) -> None:
         self.worker = RestartingThread(self._work, name="smolvlm-worker")
@@ -490,7 +473,7 @@ class VlmNode(LifecycleNode):
         if not self._active.is_set():
             self.scheduler.record_drop(camera, INACTIVE)
             return
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec / 1e9
+        stamp = stamp_to_ns(msg.header.stamp) / NS_PER_S
         self.scheduler.offer(camera, ReceivedImage(camera, msg, time.monotonic()), stamp)
 
     # -- ~/ask -----------------------------------------------------------------------------

@@ -295,6 +295,12 @@ class Settings:
         "pause cannot starve the cameras)",
         S, minimum=1, maximum=1000, live=True,
     )  # fmt: skip
+    autostart: bool = _s(
+        True,
+        "configure and activate at start-up; `false`: start unconfigured and wait for a lifecycle "
+        "manager or `ros2 lifecycle set` (see Lifecycle)",
+        N,
+    )  # fmt: skip
     watchdog_timeout_s: float = _s(
         120.0,
         "the model making no progress (no token, no finished request) this long means it is "

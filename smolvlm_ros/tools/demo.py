@@ -24,6 +24,7 @@ import yaml
 
 from smolvlm_ros.models.loading import DEFAULT_MODEL
 from smolvlm_ros.models.random_checkpoint import cache_root
+from smolvlm_ros.pipeline.intake import NS_PER_S, stamp_to_ns
 from smolvlm_ros.settings import Group, Settings, SettingsError, names_in
 from smolvlm_ros.settings.cli import add_setting_flags, settings_from_flags
 from smolvlm_ros.tools.sample_bag import DEMO_CAMERAS, write_sample_bag
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_caption(msg: Caption) -> None:
         captions.append(msg)
         t = msg.timing
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec / 1e9
+        stamp = stamp_to_ns(msg.header.stamp) / NS_PER_S
         print(
             f"[caption] {msg.camera} frame@{stamp:.1f} ({msg.header.frame_id}): {msg.text!r}\n"
             f"          latency {t.total_ms:.0f} ms = wait {t.queue_wait_ms:.0f} + preprocess "
