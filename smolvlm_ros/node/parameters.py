@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from rcl_interfaces.msg import IntegerRange, ParameterDescriptor
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -51,14 +52,18 @@ def _initial(setting: Setting) -> Any:
 def declare_setting(node: Node, name: str) -> Any:
     """Declare one setting as a parameter (once) and return its raw value; ``autostart`` is
     needed before the node is configured, the others are declared at the first configure."""
-    if node.has_parameter(name):
-        return node.get_parameter(name).value
+    if node.has_parameter(name):  # a later configure: the value as set since
+        try:
+            return node.get_parameter(name).value
+        except ParameterUninitializedException:  # a list declared by type, never given
+            return None
     setting = schema()[name]
     return node.declare_parameter(name, _initial(setting), _descriptor(setting)).value
 
 
 def declare_parameters(node: Node) -> Settings:
-    """Declare every setting on ``node`` and return the validated settings it was given;
+    """Declare every setting on ``node`` (those not declared yet) and return the validated
+    settings it was given, at every configure;
     :class:`SettingsError` names a bad value or an unknown parameter (a typo in the YAML, which
     ROS alone would ignore)."""
     values = {}

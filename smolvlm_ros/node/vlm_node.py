@@ -32,7 +32,6 @@ from rclpy._rclpy_pybind11 import RCLError
 from rclpy.action import ActionServer, CancelResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -183,7 +182,6 @@ class VlmNode(LifecycleNode):
         self.runner: JobRunner | None = None
         self.worker: RestartingThread | None = None
         self.loading = False  # configure is loading the model (main() may have to cut it short)
-        self._declared = False
         self._active = threading.Event()
         self._stop = threading.Event()
         self._destroyers: list[Callable[[], Any]] = []  # what configure created, for cleanup
@@ -248,7 +246,7 @@ class VlmNode(LifecycleNode):
 
     def _configure(self) -> None:
         """Everything configure builds, in order; raises on a bad parameter or model."""
-        self.settings = s = self._current_settings()
+        self.settings = s = declare_parameters(self)
         cameras = self._resolve_cameras(s.image_topics)
         self._load_model(s)
         self.default_camera = cameras[0]
@@ -280,21 +278,6 @@ class VlmNode(LifecycleNode):
         self._open_questions: set[QuestionJob] = set()
         self._open_lock = threading.Lock()
         self._create_interfaces(cameras)
-
-    def _current_settings(self) -> Settings:
-        """The parameters as settings: declared (and checked for unknown names) at the first
-        configure, read back at later ones."""
-        if not self._declared:
-            self._declared = True
-            return self._read_settings()
-        missing = [name for name in schema() if not self.has_parameter(name)]
-        if missing:  # the first configure failed while declaring them
-            raise SettingsError(f"parameter(s) {', '.join(missing)} not declared: restart the node")
-        values = {}
-        for name in schema():
-            with contextlib.suppress(ParameterUninitializedException):  # an empty list
-                values[name] = self.get_parameter(name).value
-        return Settings.from_mapping({k: v for k, v in values.items() if v is not None})
 
     def _load_model(self, s: Settings) -> None:
         self.log.info(f"loading model {s.model!r} (device={s.device}, dtype={s.dtype})")
@@ -437,9 +420,6 @@ class VlmNode(LifecycleNode):
         return self.get_clock().now().nanoseconds / 1e9
 
     # -- parameters ------------------------------------------------------------------------
-
-    def _read_settings(self) -> Settings:
-        return declare_parameters(self)
 
     def _refuse_parameters(self, params: list[Parameter], err: Exception) -> SetParametersResult:
         return SetParametersResult(successful=False, reason=f"internal error: {err}")

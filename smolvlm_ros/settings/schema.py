@@ -106,15 +106,12 @@ class Setting:
         return self._scalar(self.type, value, value)
 
     def _scalar(self, kind: type, v: Any, whole: Any) -> Any:
-        ok = (
-            isinstance(v, bool)
-            if kind is bool
-            else isinstance(v, int | float) and not isinstance(v, bool)
-            if kind is float
-            else isinstance(v, int) and not isinstance(v, bool)
-            if kind is int
-            else isinstance(v, str)
-        )
+        number = isinstance(v, int | float) and not isinstance(v, bool)
+        ok = {
+            bool: isinstance(v, bool),
+            float: number,
+            int: number and isinstance(v, int),
+        }.get(kind, isinstance(v, str))
         if not ok:
             expected = {bool: "true or false", float: "a number", int: "an integer"}.get(
                 kind, "text"
