@@ -7,7 +7,10 @@ cameras share the model fairly (weighted by priority), frames older than a maxim
 dropped rather than described, and on-demand questions jump ahead of periodic captions, but at
 most ``max_questions_per_caption`` of them in a row while a caption is due, so a steady stream
 of questions cannot starve the cameras. Every frame that is not captioned is counted with the
-reason.
+reason. When several cameras are due at once, up to ``max_batch`` of them are handed out as one
+:class:`CaptionBatchJob`, in the order single turns would have given them, so that a GPU
+captions them in one pass (its cost barely grows with the batch); each camera is accounted
+exactly as if it had had its own turn.
 
 Plain Python, no ROS. Time comes from ``clock`` (seconds): ROS time in the node, so that
 ``use_sim_time`` replays decide exactly like live runs; the bag's time in replay; a hand-driven
@@ -96,6 +99,18 @@ class CaptionJob:
 
 
 @dataclass
+class CaptionBatchJob:
+    """Caption several cameras' latest frames in one engine pass, one caption each.
+
+    ``cameras`` are in the order their single turns would have come (weighted fair turns), and
+    every one of them has a new frame, counted as captioned when the job was handed out.
+    """
+
+    cameras: list[str]
+    items: list[Any]
+
+
+@dataclass
 class MosaicJob:
     """Caption the latest frames of several cameras together (mosaic mode).
 
@@ -123,7 +138,7 @@ class QuestionJob:
     future: Future = field(default_factory=Future)
 
 
-Job = CaptionJob | MosaicJob | QuestionJob
+Job = CaptionJob | CaptionBatchJob | MosaicJob | QuestionJob
 
 
 class SchedulerFull(RuntimeError):
@@ -161,8 +176,10 @@ class FrameScheduler:
         mosaic_rate_hz: float = 1.0,
         max_pending_questions: int = 8,
         max_questions_per_caption: int = 2,
+        max_batch: int = 1,
         clock: Clock = time.monotonic,
     ) -> None:
+        """``max_batch``: the most due cameras handed out together (1: one camera a turn)."""
         if not cameras:
             raise ValueError("at least one camera is needed")
         names = [c.name for c in cameras]
@@ -175,6 +192,7 @@ class FrameScheduler:
         if max_pending_questions < 1:
             raise ValueError(f"max_pending_questions must be >= 1, got {max_pending_questions}")
         _check_questions_per_caption(max_questions_per_caption)
+        _check_max_batch(max_batch)
         self._cameras = {
             c.name: _Camera(c.validate(), 1.0 / c.caption_rate_hz if c.caption_rate_hz else 0.0)
             for c in cameras
@@ -189,6 +207,7 @@ class FrameScheduler:
         self._max_questions = max_pending_questions
         self._questions_per_caption = max_questions_per_caption
         self._questions_in_a_row = 0  # since the last caption turn (or since none was due)
+        self._max_batch = max_batch
         self._clock = clock
         self._cond = threading.Condition()
         self._closed = False
@@ -238,8 +257,10 @@ class FrameScheduler:
         max_frame_age_s: float | None = None,
         mosaic_rate_hz: float | None = None,
         max_questions_per_caption: int | None = None,
+        max_batch: int | None = None,
     ) -> None:
-        """Change pacing while running (validated values); frames already held are kept."""
+        """Change pacing while running (validated values); frames already held are kept, and a
+        new ``max_batch`` applies from the next job (a batch already handed out runs as is)."""
         with self._cond:
             for name, rate in (rates_hz or {}).items():
                 cam = self._cameras[name]
@@ -254,6 +275,9 @@ class FrameScheduler:
             if max_questions_per_caption is not None:
                 _check_questions_per_caption(max_questions_per_caption)
                 self._questions_per_caption = max_questions_per_caption
+            if max_batch is not None:
+                _check_max_batch(max_batch)
+                self._max_batch = max_batch
             self._cond.notify()
 
     # -- reading -------------------------------------------------------------------------------
@@ -328,10 +352,11 @@ class FrameScheduler:
             return True
         return False
 
-    def _next_caption(self) -> tuple[CaptionJob | None, float | None]:
-        """The due camera with the lowest pass (weighted fair turns); else how long to wait."""
+    def _next_caption(self) -> tuple[CaptionJob | CaptionBatchJob | None, float | None]:
+        """The due cameras with the lowest passes (weighted fair turns), up to ``max_batch`` of
+        them; else how long to wait until one is due."""
         now = self._clock()
-        best: _Camera | None = None
+        due: list[_Camera] = []
         soonest: float | None = None
         for name in self._order:
             cam = self._cameras[name]
@@ -341,20 +366,35 @@ class FrameScheduler:
                 wait = cam.next_due - now
                 soonest = wait if soonest is None else min(soonest, wait)
                 continue
-            if best is None or max(cam.pass_value, self._virtual_time) < max(
-                best.pass_value, self._virtual_time
-            ):
-                best = cam
-        if best is None:
+            due.append(cam)
+        if not due:
             return None, soonest
+        # Pick one at a time exactly as successive single turns would: a batch of k is the
+        # next k turns, except that a camera holds one frame and so appears at most once.
+        chosen: list[_Camera] = []
+        while due and len(chosen) < self._max_batch:
+            # min() keeps the first of equals: ties go to the camera listed first.
+            best = min(due, key=lambda c: max(c.pass_value, self._virtual_time))
+            due.remove(best)
+            self._take_turn(best, now)
+            chosen.append(best)
+        # A camera already in this batch would have competed for the later turns, had it a
+        # second frame: it is not idle, so the virtual time must not overtake it (it would
+        # lose turns it is owed when it rejoins).
+        self._virtual_time = min(self._virtual_time, *(c.pass_value for c in chosen))
+        if len(chosen) == 1:
+            return CaptionJob(camera=chosen[0].config.name, item=chosen[0].latest), None
+        return CaptionBatchJob([c.config.name for c in chosen], [c.latest for c in chosen]), None
+
+    def _take_turn(self, cam: _Camera, now: float) -> None:
+        """Account one caption turn of ``cam``: its pass, its pacing and its counters."""
         # A camera that sat idle does not bank turns: it rejoins at the current virtual time.
-        best.pass_value = max(best.pass_value, self._virtual_time)
-        self._virtual_time = best.pass_value
-        best.pass_value += 1.0 / best.config.priority
-        best.next_due = _next_due(best.next_due, best.period_s, now)
-        best.fresh = False
-        best.stats.captioned += 1
-        return CaptionJob(camera=best.config.name, item=best.latest), None
+        cam.pass_value = max(cam.pass_value, self._virtual_time)
+        self._virtual_time = cam.pass_value
+        cam.pass_value += 1.0 / cam.config.priority
+        cam.next_due = _next_due(cam.next_due, cam.period_s, now)
+        cam.fresh = False
+        cam.stats.captioned += 1
 
     def _next_mosaic(self) -> tuple[MosaicJob | None, float | None]:
         """All cameras' latest (non-stale) frames together, at the mosaic rate."""
@@ -397,6 +437,13 @@ class FrameScheduler:
 def _check_questions_per_caption(value: int) -> None:
     if value < 1:
         raise ValueError(f"max_questions_per_caption must be >= 1, got {value}")
+
+
+def _check_max_batch(value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"max_batch must be an integer >= 1 (1: one camera per caption turn), got {value!r}"
+        )
 
 
 def _next_due(due: float, period: float, now: float) -> float:
