@@ -16,6 +16,7 @@ from smolvlm_ros.pipeline.scheduler import (
     INFERENCE_ERROR,
     UNCHANGED,
     CameraConfig,
+    CaptionBatchJob,
     FrameScheduler,
     ManualClock,
     QuestionJob,
@@ -56,8 +57,10 @@ def test_mosaic_grid_and_labels(photos):
         compose_mosaic(images, ["/front"])
 
 
-def _runner(engine, threshold=0.0, cameras=("a", "b"), report=None):
-    scheduler = FrameScheduler([CameraConfig(c, 1000.0) for c in cameras], mosaic=False)
+def _runner(engine, threshold=0.0, cameras=("a", "b"), report=None, max_batch=1):
+    scheduler = FrameScheduler(
+        [CameraConfig(c, 1000.0) for c in cameras], mosaic=False, max_batch=max_batch
+    )
 
     def to_frame(item):
         if item == "garbage":
@@ -192,6 +195,85 @@ def test_a_failing_reporter_never_stops_the_runner(tiny_engine):
     scheduler.offer("a", "garbage", 0.0)
     assert runner.run(scheduler.next_job(timeout=0)) == []
     assert scheduler.stats()["a"].dropped["decode_error"] == 1
+
+
+BATCH_PHOTOS = {"a": "coffee", "b": "rocket", "c": "chelsea"}  # camera -> its photo
+
+
+def _offer_batch(scheduler, items: dict) -> CaptionBatchJob:
+    """Every camera of ``items`` gets a new frame; the job that takes them all at once."""
+    for camera, item in items.items():
+        scheduler.offer(camera, item, 0.0)
+    job = scheduler.next_job(timeout=0)
+    assert isinstance(job, CaptionBatchJob) and job.cameras == list(items)
+    return job
+
+
+def test_a_batch_equals_separate_captions_token_for_token(tiny_engine, photos):
+    questions = ("Is it open?", "Any people?")
+    scheduler, runner = _runner(tiny_engine, cameras=("a", "b", "c"), max_batch=3)
+    runner.captions = CaptionSettings(max_new_tokens=8, questions=questions)
+    frames = {
+        camera: Frame(photos[name], camera=camera, stamp_ns=10 + i, frame_id=f"{camera}_optical")
+        for i, (camera, name) in enumerate(BATCH_PHOTOS.items())
+    }
+    tiny_engine.clear_cache()
+    results = runner.run(_offer_batch(scheduler, frames))
+
+    expected = []
+    for frame in frames.values():  # each camera alone, as with max_batch 1
+        expected.append(tiny_engine.caption(frame, runner.captions.prompt, max_new_tokens=8))
+        expected += [tiny_engine.ask(frame, q, max_new_tokens=8) for q in questions]
+    seen = [(r.kind, r.camera, r.prompt, r.stamp_ns, r.frame_id, r.token_ids) for r in results]
+    assert seen == [
+        (r.kind, r.camera, r.prompt, r.stamp_ns, r.frame_id, r.token_ids) for r in expected
+    ]
+    assert [r.text for r in results] == [r.text for r in expected]
+    captions = [r for r in results if r.kind == "caption"]
+    assert len({r.timing.prefill_ms for r in captions}) == 1  # one language pass for all three
+    assert all(r.reused_encoding for r in results if r.kind == "answer")  # no 2nd vision pass
+    stats = scheduler.stats()
+    assert {name: s.captioned for name, s in stats.items()} == {"a": 1, "b": 1, "c": 1}
+
+
+def test_a_frame_that_does_not_decode_or_change_drops_only_its_camera(tiny_engine, photos):
+    scheduler, runner = _runner(
+        tiny_engine, threshold=5.0, cameras=("a", "b", "c"), report=lambda *_: None, max_batch=3
+    )
+    a, c = Frame(photos["coffee"], camera="a"), Frame(photos["rocket"], camera="c")
+    results = runner.run(_offer_batch(scheduler, {"a": a, "b": "garbage", "c": c}))
+    assert [r.camera for r in results] == ["a", "c"]
+    b, c = Frame(photos["chelsea"], camera="b"), Frame(photos["astronaut"], camera="c")
+    results = runner.run(_offer_batch(scheduler, {"a": a, "b": b, "c": c}))  # a: same scene
+    assert [r.camera for r in results] == ["b", "c"]
+    stats = scheduler.stats()
+    counts = {
+        name: (s.received, s.captioned, s.dropped[DECODE_ERROR], s.dropped[UNCHANGED])
+        for name, s in stats.items()
+    }
+    assert counts == {"a": (2, 1, 0, 1), "b": (2, 1, 1, 0), "c": (2, 2, 0, 0)}
+
+
+def test_an_engine_failure_drops_every_camera_of_the_batch_and_is_reported_once(
+    tiny_engine, photos
+):
+    """A real engine failure (a request beyond the model's context) fails the whole pass."""
+    reports: list[tuple[str, str]] = []
+    scheduler, runner = _runner(
+        tiny_engine,
+        cameras=("a", "b", "c"),
+        report=lambda reason, text: reports.append((reason, text)),
+        max_batch=3,
+    )
+    runner.captions = CaptionSettings(max_new_tokens=10**6)
+    frames = {camera: Frame(photos[name], camera=camera) for camera, name in BATCH_PHOTOS.items()}
+    assert runner.run(_offer_batch(scheduler, frames)) == []
+    assert [reason for reason, _ in reports] == [INFERENCE_ERROR]
+    assert "a, b, c" in reports[0][1] and "TokenBudgetError" in reports[0][1]
+    assert runner.failure_streak == 1  # one failure, not three
+    stats = scheduler.stats()
+    counts = {name: (s.captioned, s.dropped[INFERENCE_ERROR]) for name, s in stats.items()}
+    assert counts == {"a": (0, 1), "b": (0, 1), "c": (0, 1)}
 
 
 def test_out_of_memory_errors_are_recognised():

@@ -3,7 +3,9 @@
 Shared by the node's worker thread and the replay tool, so both treat every frame alike. No job
 can raise out of :meth:`JobRunner.run`: a frame that does not decode, a model that raises (out
 of memory included) fails that job only, is counted and reported, and the runner goes on; after
-repeated inference failures it asks its caller to back off.
+repeated inference failures it asks its caller to back off. A batch of cameras
+(:class:`CaptionBatchJob`) goes through the engine in one pass; a frame of it that does not
+decode or did not change drops only its camera, a model failure drops the whole batch.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from smolvlm_ros.pipeline.scheduler import (
     DECODE_ERROR,
     INFERENCE_ERROR,
     UNCHANGED,
+    CaptionBatchJob,
     CaptionJob,
     FrameScheduler,
     Job,
@@ -122,11 +125,14 @@ class JobRunner:
         return max(0.0, self._backoff_until - self._clock())
 
     def run(self, job: Job) -> list[Result]:
-        """The job's results: a caption and the standing questions' answers, or one answer;
-        empty when the frame was dropped (the reason is counted)."""
+        """The job's results: a caption and the standing questions' answers (for a batch: for
+        each camera in the job's order), or one answer; empty when the frame was dropped (the
+        reason is counted)."""
         if isinstance(job, QuestionJob):
             result = self._answer(job)
             return [result] if result is not None else []
+        if isinstance(job, CaptionBatchJob):
+            return self._run_batch(job)
         frame_and_cameras = self._mosaic(job) if isinstance(job, MosaicJob) else self._frame(job)
         if frame_and_cameras is None:
             return []
@@ -203,6 +209,37 @@ class JobRunner:
         self._inference_succeeded()
         return result
 
+    def _run_batch(self, job: CaptionBatchJob) -> list[Result]:
+        """Every admitted frame of the batch captioned in one engine pass (results equal
+        separate captions), then each frame's standing questions, camera by camera."""
+        admitted = [
+            (camera, frame)
+            for camera, item in zip(job.cameras, job.items, strict=True)
+            if (frame := self._admit(camera, item)) is not None
+        ]
+        if not admitted:
+            return []
+        cameras = [camera for camera, _ in admitted]
+        frames = [frame for _, frame in admitted]
+        try:
+            captions = self.engine.caption_batch(
+                frames,
+                self.captions.prompt,
+                max_new_tokens=self.captions.max_new_tokens,
+                should_stop=self._stop_check(),
+            )
+        except Exception as err:  # one failure for the whole pass: every camera in it lost
+            for camera in cameras:
+                self.scheduler.record_drop(camera, INFERENCE_ERROR)
+            self._inference_failed(err, f"captioning {', '.join(cameras)} (one batch)")
+            return []
+        self._inference_succeeded()
+        results: list[Result] = []
+        for camera, frame, caption in zip(cameras, frames, captions, strict=True):
+            # The batch left each frame's embeddings in the cache (while it holds them all).
+            results += [caption, *self._standing_answers(frame, [camera])]
+        return results
+
     def _standing_answers(self, frame: Frame, cameras: list[str]) -> list[Result]:
         if not self.captions.questions:
             return []
@@ -219,14 +256,20 @@ class JobRunner:
         self._inference_succeeded()
         return results
 
-    def _frame(self, job: CaptionJob) -> tuple[Frame, list[str]] | None:
-        frame = self._decode(job.camera, job.item)
+    def _admit(self, camera: str, item: Any) -> Frame | None:
+        """The camera's new frame decoded and past the change gate; None (the drop counted
+        with its reason) when it does not decode or barely changed since the last caption."""
+        frame = self._decode(camera, item)
         if frame is None:
             return None
-        if not self.change_gate.admit(job.camera, frame.image):
-            self.scheduler.record_drop(job.camera, UNCHANGED)
+        if not self.change_gate.admit(camera, frame.image):
+            self.scheduler.record_drop(camera, UNCHANGED)
             return None
-        return frame, [job.camera]
+        return frame
+
+    def _frame(self, job: CaptionJob) -> tuple[Frame, list[str]] | None:
+        frame = self._admit(job.camera, job.item)
+        return None if frame is None else (frame, [job.camera])
 
     def _mosaic(self, job: MosaicJob) -> tuple[Frame, list[str]] | None:
         decoded = [
