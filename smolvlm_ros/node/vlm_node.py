@@ -258,6 +258,7 @@ class VlmNode(LifecycleNode):
             mosaic_rate_hz=s.caption_rate_hz,
             max_pending_questions=s.max_pending_questions,
             max_questions_per_caption=s.max_questions_per_caption,
+            max_batch=s.max_batch,
             clock=self._ros_seconds,
         )
         self.heartbeat = Heartbeat()
@@ -440,6 +441,7 @@ class VlmNode(LifecycleNode):
             max_frame_age_s=settings.max_frame_age_s,
             mosaic_rate_hz=settings.caption_rate_hz,
             max_questions_per_caption=settings.max_questions_per_caption,
+            max_batch=settings.max_batch,
         )
         self.runner.captions = settings.captions()
         self.runner.change_gate.threshold = settings.change_threshold

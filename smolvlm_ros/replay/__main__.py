@@ -38,6 +38,7 @@ REPLAY_SETTINGS = [
     "caption_rate_hz",
     "max_frame_age_s",
     "change_threshold",
+    "max_batch",
 ]
 
 
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             caption_rate_hz=settings.caption_rate_hz,
             max_frame_age_s=settings.max_frame_age_s,
             change_threshold=settings.change_threshold,
+            max_batch=settings.max_batch,
             captions=settings.captions(),
         ).validate()
         engine = Engine.from_config(settings.engine_config())

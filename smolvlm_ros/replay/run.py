@@ -3,10 +3,12 @@
 Two modes:
 
 - ``every``: every frame is captioned (rates ignored), for evaluating prompts and models.
-- ``live``: emulate the node at a given compute speed: each result occupies the worker for
-  ``compute_s`` seconds of bag time, frames arriving meanwhile replace each other, captions are
-  paced by the caption rate, exactly as the live node's scheduler would decide. Because the
-  compute time is a parameter rather than measured, the run is deterministic.
+- ``live``: emulate the node at a given compute speed: each job (a caption with its standing
+  answers, or a batch of cameras when ``max_batch`` > 1, which costs a GPU about as much as one)
+  occupies the worker for ``compute_s`` seconds of bag time, frames arriving meanwhile replace
+  each other, captions are paced by the caption rate, exactly as the live node's scheduler would
+  decide. Because the compute time is a parameter rather than measured, the run is
+  deterministic.
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ class ReplayConfig:
 
     mode: str = Mode.EVERY
     topics: tuple[str, ...] = ()  # empty: every Image / CompressedImage topic in the bag
-    compute_s: float = 1.0  # live mode: bag seconds each result occupies the worker
+    compute_s: float = 1.0  # live mode: bag seconds each job (single or batch) occupies the worker
     caption_rate_hz: float = 1.0  # live mode: per camera
     max_frame_age_s: float = 0.0
     change_threshold: float = 0.0
+    max_batch: int = 1  # cameras due at once captioned in one engine pass, as the node does
     captions: CaptionSettings = field(default_factory=CaptionSettings)
 
     def validate(self) -> ReplayConfig:
@@ -55,6 +58,8 @@ class ReplayConfig:
             raise ValueError(f"compute_s must be > 0, got {self.compute_s}")
         if self.caption_rate_hz <= 0:
             raise ValueError(f"caption_rate_hz must be > 0, got {self.caption_rate_hz}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         return self
 
 
@@ -106,6 +111,7 @@ def replay(
         scheduler = FrameScheduler(
             [CameraConfig(c, rate) for c in cameras],
             max_frame_age_s=config.max_frame_age_s,
+            max_batch=config.max_batch,
             clock=clock,
         )
         runner = JobRunner(

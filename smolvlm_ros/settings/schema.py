@@ -292,6 +292,14 @@ class Settings:
         "pause cannot starve the cameras)",
         S, minimum=1, maximum=1000, live=True,
     )  # fmt: skip
+    max_batch: int = _s(
+        1,
+        "cameras captioned together in one model pass when several are due at once (each still "
+        "takes its fair turn, paced and counted as alone; not in mosaic mode): on a GPU a batch "
+        "of 16 costs about as much as one caption, on a CPU each frame costs its own time, so "
+        "leave 1 there",
+        S, minimum=1, maximum=64, live=True,
+    )  # fmt: skip
     autostart: bool = _s(
         True,
         "configure and activate at start-up; `false`: start unconfigured and wait for a lifecycle "
