@@ -73,6 +73,42 @@ def test_two_cameras_alternate_fairly(ros, tmp_path, photos):
         stop(node)
 
 
+def test_three_cameras_batched_each_get_captions_of_their_own_frames(ros, tmp_path, photos):
+    photo_of = {
+        "/one/image_raw": "coffee",
+        "/two/image_raw": "rocket",
+        "/three/image_raw": "chelsea",
+    }
+    topics = list(photo_of)
+    # As above the model is the bottleneck, so all three cameras are due at every turn and go
+    # through the model together (max_batch 3). Stamps 1000 s apart tell the cameras apart.
+    node = start(
+        ros, tmp_path, image_topics=topics, caption_rate_hz=100.0, max_new_tokens=16, max_batch=3
+    )
+    try:
+        captions = Collector(ros, node.topic("caption"))
+        cameras = {
+            topic: Camera(ros, topic, photos[name], 30.0, stamp_offset_s=-1000.0 * i)
+            for i, (topic, name) in enumerate(photo_of.items())
+        }
+        with cameras[topics[0]], cameras[topics[1]], cameras[topics[2]]:
+
+            def every_camera_has_three() -> bool:
+                counts = [sum(c.camera == topic for c in captions.items) for topic in topics]
+                return min(counts) >= 3
+
+            assert wait_for(every_camera_has_three, 60), node.log
+        passes: dict[tuple[float, float], set[str]] = {}  # a batch shares its stage times
+        for caption in captions.items:
+            assert caption.camera in cameras, caption.camera
+            assert stamp_ns_of(caption) in cameras[caption.camera].sent, "not its own frame"
+            key = (caption.timing.prefill_ms, caption.timing.decode_ms)
+            passes.setdefault(key, set()).add(caption.camera)
+        assert any(len(cams) == 3 for cams in passes.values()), passes  # batched, not in turn
+    finally:
+        stop(node)
+
+
 def test_memory_stays_flat_over_thousands_of_frames(ros, tmp_path, photos):
     node = start(ros, tmp_path, image_topics=["/flood/image_raw"], caption_rate_hz=100.0)
     pub = ros.node.create_publisher(Image, "/flood/image_raw", qos_profile_sensor_data)
