@@ -4,13 +4,17 @@ the questions, the bandwidth floor and the backend choice, from one run."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
 
 from smolvlm_ros.bench import agreement, language_model_weights, measure_bandwidth
 
@@ -137,6 +141,46 @@ def test_cpu_bandwidth_is_measured():
     measured = measure_bandwidth("cpu", mib=8, repeats=2)
     assert measured["bytes_per_copy"] == 2 * 8 * 2**20 and len(measured["seconds"]) == 2
     assert measured["gb_per_s"] > 0
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _pins(file_name: str) -> dict[str, str]:
+    """name -> version of a tools/ wheel list (name==version lines, comments allowed)."""
+    lines = (REPO / "tools" / file_name).read_text().splitlines()
+    pairs = (line.split("#")[0].strip().split("==") for line in lines)
+    return {_normal(pair[0]): pair[1] for pair in pairs if pair != [""]}
+
+
+def _closure(names: list[str]) -> set[str]:
+    """The installed distributions ``names`` need on the GPU machine (CPython 3.12, Linux)."""
+    target = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.3"}
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = _normal(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in importlib.metadata.requires(name) or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({**target, "extra": ""}):
+                todo.append(req.name)
+    return seen
+
+
+def test_gpu_wheel_lists_are_the_venvs_versions_and_complete():
+    """tools/gpu_bench.sh carries exactly what the bench needs beyond torch, at the versions the
+    CPU figures were measured with: a bump of requirements/ that is not carried here fails."""
+    core = _pins("gpu-wheels.txt")
+    photos = _pins("gpu-wheels-photos.txt")
+    for name, version in {**core, **photos}.items():
+        assert importlib.metadata.version(name) == version, name
+    assert set(core) == _closure(["transformers", "tokenizers", "safetensors", "huggingface-hub"])
+    needed = _closure(["pillow", "opencv-python-headless", "scikit-image"]) - set(core)
+    assert set(photos) == needed
 
 
 @pytest.mark.parametrize(
