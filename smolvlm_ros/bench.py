@@ -620,7 +620,8 @@ def print_sweep(sweep: list[dict], floor_ms: float, anchors: Sequence[str]) -> N
 
 
 def print_questions(entry: dict, floor_ms: float) -> None:
-    label = f"{entry['questions']} questions"
+    count = entry["questions"]
+    label = f"{count} question" + ("s" if count > 1 else "")
     vs = entry.get
     print(
         table_line(
