@@ -22,14 +22,14 @@ from smolvlm_ros.engine.backends.torch_backend import TorchBackend
 MISSING = "smolvlm_ros_no_such_runtime"  # a module that is not installed anywhere
 
 
-def _plain_build(loaded):
+def _plain_build(loaded, options=None):
     """Torch underneath, but registered with no capabilities: the engine must not rely on any."""
     backend = TorchBackend(loaded.model, loaded.device, loaded.dtype)
     backend.name = "plain"
     return backend
 
 
-def _never_built(loaded):
+def _never_built(loaded, options=None):
     raise AssertionError("an unavailable backend was built")
 
 

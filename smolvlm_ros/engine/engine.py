@@ -13,15 +13,18 @@ Not thread-safe: one worker drives an engine.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import PIL.Image
 import torch
 
 from smolvlm_ros.engine.backends.base import (
     Backend,
+    BackendOptions,
     Generation,
     GenerationRequest,
     Sampling,
@@ -46,6 +49,7 @@ from smolvlm_ros.models.loading import LoadedModel, load_model, select_device, s
 
 DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
 DEFAULT_MAX_NEW_TOKENS = 32
+WARM_UP_FRAME = (480, 640)  # height, width of the grey frame Engine.warm_up runs
 
 
 class TokenBudgetError(ValueError):
@@ -67,6 +71,7 @@ class EngineConfig:
     tiling: TilingConfig = field(default_factory=TilingConfig)
     sampling: Sampling = field(default_factory=Sampling)
     embedding_cache_size: int = 8  # frames whose image embeddings are kept; 0: off
+    compile: str = "auto"  # compile the decode step (backends that can): auto | on | off
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,7 @@ class Engine:
         if dtype not in choice.spec.dtypes:  # dtype auto, and the backend does not run that one
             dtype = choice.spec.dtypes[0]
         loaded = load_model(config.model, device=device, dtype=dtype)
-        backend = choice.spec.build(loaded)
+        backend = choice.spec.build(loaded, BackendOptions(compile=config.compile))
         return cls(
             loaded, backend, config.tiling, config.sampling, config.embedding_cache_size, choice
         )
@@ -280,6 +285,40 @@ class Engine:
             )
             for e, i, g in zip(encoded, ids, generations, strict=True)
         ]
+
+    def warm_up(
+        self,
+        max_batch: int = 1,
+        prompt: str = DEFAULT_CAPTION_PROMPT,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        frame_shape: tuple[int, int] = WARM_UP_FRAME,
+    ) -> float:
+        """Run every batch size the caller will use (powers of two up to ``max_batch``) once
+        on a grey frame, so that compilation, CUDA graph capture and first-call kernel set-up
+        happen now and not on the first live frame. Returns the seconds it took; 0 when the
+        backend has nothing to prepare (eager CPU)."""
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if not getattr(self.backend.language, "needs_warm_up", False):
+            return 0.0
+        started = time.perf_counter()
+        frame = Frame(np.full((*frame_shape, 3), 128, np.uint8), camera="warm-up")
+        rows = 1
+        while True:
+            tokens = min(max_new_tokens, 4)  # three decode steps: traced, recorded, replayed
+            calls = itertools.count(1)
+            self.caption_batch(
+                [frame] * rows,
+                prompt,
+                max_new_tokens=max_new_tokens,  # the cache length of real requests
+                min_new_tokens=tokens,
+                should_stop=lambda calls=calls, tokens=tokens: next(calls) >= tokens,
+            )
+            if rows >= max_batch:
+                break
+            rows = min(rows * 2, max_batch)
+        self.cache.clear()
+        return time.perf_counter() - started
 
     def clear_cache(self) -> None:
         self.cache.clear()

@@ -4,6 +4,7 @@ other module here is a backend that registers itself when discovered."""
 
 from smolvlm_ros.engine.backends.base import (
     Backend,
+    BackendOptions,
     Generation,
     GenerationRequest,
     LanguageStage,
@@ -24,6 +25,7 @@ __all__ = [
     "Backend",
     "BackendChoice",
     "BackendError",
+    "BackendOptions",
     "BackendSpec",
     "Capability",
     "Generation",

@@ -43,6 +43,16 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class BackendOptions:
+    """Settings a backend is built with, beyond the loaded model (same for every backend: one
+    that has no use for a field ignores it)."""
+
+    # Compile the decode step: auto (where it pays: CUDA), on, off. Eager is the fallback when
+    # a compiler is missing or misbehaves on a platform.
+    compile: str = "auto"
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """What the language stage is asked to do for a batch of prompts."""
 

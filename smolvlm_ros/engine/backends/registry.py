@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from smolvlm_ros.engine.backends.base import Backend
+    from smolvlm_ros.engine.backends.base import Backend, BackendOptions
     from smolvlm_ros.models.loading import LoadedModel
 
 AUTO = "auto"
@@ -60,7 +60,7 @@ class BackendSpec:
     name: str
     devices: tuple[str, ...]  # cpu, cuda, npu, remote, ...
     dtypes: tuple[str, ...]  # float32, bfloat16, float16, ...; the first is its default
-    build: Callable[[LoadedModel], Backend]
+    build: Callable[[LoadedModel, BackendOptions], Backend]
     capabilities: frozenset[Capability] = frozenset()
     priority: Mapping[str, int] = field(default_factory=dict)  # per device; higher wins `auto`
     available: Availability | None = None  # None: available; else a human reason why not

@@ -16,7 +16,13 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from smolvlm_ros.engine.backends.base import Generation, GenerationRequest, StopCheck, TokenCallback
+from smolvlm_ros.engine.backends.base import (
+    BackendOptions,
+    Generation,
+    GenerationRequest,
+    StopCheck,
+    TokenCallback,
+)
 from smolvlm_ros.engine.backends.registry import BackendSpec, Capability, register
 
 if TYPE_CHECKING:
@@ -94,6 +100,8 @@ class TorchLanguage:
     def __init__(self, model: Any, device: str) -> None:
         self.model = model
         self.device = device
+        # First CUDA calls initialise kernels and the allocator: worth one request at start-up.
+        self.needs_warm_up = device.startswith("cuda")
         config = model.generation_config
         eos = config.eos_token_id
         self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -172,8 +180,9 @@ class TorchBackend:
         self.language = TorchLanguage(model, device)
 
 
-def build(loaded: LoadedModel) -> TorchBackend:
-    """The model as loaded (already on its device, in its dtype) -> both stages on torch."""
+def build(loaded: LoadedModel, options: BackendOptions) -> TorchBackend:
+    """The model as loaded (already on its device, in its dtype) -> both stages on torch
+    (eager: ``options.compile`` does not apply)."""
     return TorchBackend(loaded.model, loaded.device, loaded.dtype)
 
 
