@@ -74,7 +74,7 @@ def test_auto_picks_torch_on_cpu_and_says_why():
     assert choice.name == "torch"
     assert choice.reason.startswith("auto: torch is the best available backend for cpu")
     assert choose("torch", "cpu").reason == "asked for torch"
-    assert choose("auto", "cuda:0").name == "torch"  # a device index is the same device
+    assert choose("auto", "cuda:0").name == "torch_static"  # a device index: the same device
 
 
 def test_unknown_backend_lists_the_registered_ones():
