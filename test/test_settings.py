@@ -132,7 +132,7 @@ def _bench_args(tmp_path: Path, *flags: str):
 FRONT_ENDS = {"replay": _replay_args, "bench": _bench_args}
 EVERY_ENGINE_AND_TILING_FLAG = [
     "--model", "random:tiny", "--backend", "torch", "--device", "cpu", "--dtype", "float32",
-    "--image-splitting", "--image-longest-edge", "1024", "--max-tiles", "4",
+    "--compile", "off", "--image-splitting", "--image-longest-edge", "1024", "--max-tiles", "4",
     "--max-image-tokens", "640", "--allow-upsampling",
 ]  # fmt: skip
 
@@ -141,12 +141,12 @@ EVERY_ENGINE_AND_TILING_FLAG = [
 def test_every_engine_and_tiling_setting_is_a_flag(tmp_path, front_end):
     settings = FRONT_ENDS[front_end](tmp_path, *EVERY_ENGINE_AND_TILING_FLAG).settings
     assert {name for name in names_in(Group.ENGINE, Group.TILING)} == {
-        "model", "backend", "device", "dtype", "image_splitting", "image_longest_edge",
-        "max_tiles", "max_image_tokens", "allow_upsampling",
+        "model", "backend", "device", "dtype", "compile", "image_splitting",
+        "image_longest_edge", "max_tiles", "max_image_tokens", "allow_upsampling",
     }  # fmt: skip
     config = settings.engine_config()
-    assert (config.model, config.backend, config.device, config.dtype) == (
-        "random:tiny", "torch", "cpu", "float32",
+    assert (config.model, config.backend, config.device, config.dtype, config.compile) == (
+        "random:tiny", "torch", "cpu", "float32", "off",
     )  # fmt: skip
     tiling = config.tiling
     assert tiling.image_splitting and tiling.allow_upsampling

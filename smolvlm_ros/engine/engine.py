@@ -49,6 +49,7 @@ from smolvlm_ros.models.loading import LoadedModel, load_model, select_device, s
 
 DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
 DEFAULT_MAX_NEW_TOKENS = 32
+DEFAULT_EMBEDDING_CACHE = 8  # frames whose image embeddings are kept
 WARM_UP_FRAME = (480, 640)  # height, width of the grey frame Engine.warm_up runs
 
 
@@ -70,7 +71,7 @@ class EngineConfig:
     backend: str = AUTO  # auto | a registered backend name (registry.backend_names())
     tiling: TilingConfig = field(default_factory=TilingConfig)
     sampling: Sampling = field(default_factory=Sampling)
-    embedding_cache_size: int = 8  # frames whose image embeddings are kept; 0: off
+    embedding_cache_size: int = DEFAULT_EMBEDDING_CACHE  # 0: off
     compile: str = "auto"  # compile the decode step (backends that can): auto | on | off
 
 

@@ -283,7 +283,11 @@ class VlmNode(LifecycleNode):
     def _load_model(self, s: Settings) -> None:
         self.log.info(f"loading model {s.model!r} (device={s.device}, dtype={s.dtype})")
         self.loading = True
+        started = time.monotonic()
         self.engine = Engine.from_config(s.engine_config())
+        loaded_s = time.monotonic() - started
+        # Compile / capture every batch size now: the first live frame must not pay for it.
+        warm_s = self.engine.warm_up(s.max_batch, s.caption_prompt, s.max_new_tokens)
         self.loading = False
         if self.engine.is_random:
             self.log.warning(
@@ -293,7 +297,9 @@ class VlmNode(LifecycleNode):
         backend = self.engine.backend
         choice = self.engine.backend_choice
         self.log.info(
-            f"model ready on {backend.name}/{backend.device} ({backend.dtype})"
+            f"model ready on {backend.name}/{backend.device} ({backend.dtype}), loaded in "
+            f"{loaded_s:.1f} s"
+            + (f", warmed up in {warm_s:.1f} s" if warm_s else "")
             + (f"; backend {choice.reason}" if choice else "")
         )
 

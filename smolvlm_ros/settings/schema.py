@@ -23,7 +23,9 @@ from smolvlm_ros.engine import (
     TilingConfig,
     TilingError,
 )
+from smolvlm_ros.engine.backends.base import COMPILE_MODES
 from smolvlm_ros.engine.backends.registry import backend_names
+from smolvlm_ros.engine.engine import DEFAULT_EMBEDDING_CACHE
 from smolvlm_ros.models.loading import DEFAULT_MODEL, DEVICES, DTYPES
 from smolvlm_ros.pipeline.runner import CaptionSettings
 from smolvlm_ros.pipeline.scheduler import CameraConfig
@@ -187,6 +189,13 @@ class Settings:
         "compute dtype; `auto`: bf16 on GPUs that have it (else fp16), bf16 on CPUs with "
         "AVX512-BF16/AMX, else fp32",
         E, choices=DTYPES,
+    )  # fmt: skip
+    compile: str = _s(
+        "auto",
+        "compile the decode step (backend `torch_static`): `auto`: on CUDA, where the step "
+        "becomes a CUDA graph (compiled and captured at start-up, cached on disk); `off`: "
+        "eager, the fallback if compilation fails on a platform",
+        E, choices=COMPILE_MODES,
     )  # fmt: skip
     image_splitting: bool = _s(
         False,
@@ -369,7 +378,10 @@ class Settings:
             backend=self.backend,
             device=self.device,
             dtype=self.dtype,
+            compile=self.compile,
             tiling=self.tiling(),
+            # A batch of cameras with standing questions reuses every frame's encoding.
+            embedding_cache_size=max(DEFAULT_EMBEDDING_CACHE, self.max_batch),
         )
 
     def captions(self) -> CaptionSettings:

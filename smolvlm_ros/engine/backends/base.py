@@ -42,6 +42,9 @@ class Sampling:
         return self
 
 
+COMPILE_MODES = ("auto", "on", "off")
+
+
 @dataclass(frozen=True)
 class BackendOptions:
     """Settings a backend is built with, beyond the loaded model (same for every backend: one

@@ -39,6 +39,7 @@ from transformers.generation.logits_process import (
 )
 
 from smolvlm_ros.engine.backends.base import (
+    COMPILE_MODES,
     BackendOptions,
     Generation,
     GenerationRequest,
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 CACHE_BUCKET = 256  # cache lengths are multiples of this: prompts of 1-256 + answer share a step
 CHECK_EVERY = 8  # tokens between host looks at "has every row stopped?"
+COMPILED_SHAPES = 64  # compiled step variants kept before dynamo gives up (buckets x lengths)
 MAX_CACHES = 4  # static caches kept (one per batch / length bucket in use), least recent dropped
 # generation_config fields that change greedy output and this loop does not apply.
 _UNSUPPORTED = {
@@ -90,7 +92,7 @@ def should_compile(mode: str, device: str) -> bool:
         return False
     if mode == "auto":
         return device.startswith("cuda")
-    raise ValueError(f"compile must be auto, on or off, got {mode!r}")
+    raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
 
 
 @dataclass
@@ -315,8 +317,8 @@ class _TokenChooser:
     def __call__(
         self, logits: torch.Tensor, step: int, finished: torch.Tensor, pad_id: int
     ) -> torch.Tensor:
-        if step < self.min_new_tokens:
-            logits[:, self.eos] = float("-inf")
+        if step < self.min_new_tokens:  # out of place: a compiled step owns its output buffer
+            logits = logits.index_fill(1, self.eos, float("-inf"))
         if self.sampling.do_sample:
             logits = self.warpers(None, logits)
             token = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1).squeeze(1)
@@ -356,6 +358,10 @@ def build(loaded: LoadedModel, options: BackendOptions) -> TorchStaticBackend:
         # Compiled graphs are cached on disk, so a restart skips most of the compilation.
         os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
         os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+        # One compiled step per (batch, cache length) bucket in use: past dynamo's default of 8
+        # it would silently fall back to eager.
+        limit = torch._dynamo.config.cache_size_limit
+        torch._dynamo.config.cache_size_limit = max(limit, COMPILED_SHAPES)
     return TorchStaticBackend(loaded.model, loaded.device, loaded.dtype, compile_step)
 
 
