@@ -450,14 +450,22 @@ class Bench:
         self.tokens = self.settings.max_new_tokens
         self.limits = {"max_new_tokens": self.tokens, "min_new_tokens": self.tokens}
         self.probe = CompileProbe(self.engine.loaded.model)
+        self.started = time.perf_counter()
 
     def _repeat(self, work: Callable[[], Any], warmup: int | None = None) -> dict:
         warmup = self.args.warmup if warmup is None else warmup
         return repeat(self.device, work, warmup, self.args.repeats)
 
+    def _progress(self, what: str) -> None:
+        """One line on stderr per row: the table prints at the end, a slow CPU run takes long."""
+        elapsed = time.perf_counter() - self.started
+        print(f"# [{elapsed:7.1f} s] {what}", file=sys.stderr, flush=True)
+
     # -- camera sweep --------------------------------------------------------------------------
 
     def engine_cameras(self, count: int) -> dict:
+        self._progress(f"{count} camera(s): engine")
+
         def work() -> list[Result]:
             self.engine.clear_cache()
             return self.engine.caption_batch(self.frames[:count], **self.limits)
@@ -465,6 +473,7 @@ class Bench:
         return engine_row(self._repeat(work), "captions")
 
     def anchor_cameras(self, path: str, count: int) -> dict:
+        self._progress(f"{count} camera(s): {path}")
         frames, cache = self.frames[:count], ANCHORS[path]
 
         def captions(tokens: int) -> Callable[[], list[list[int]]]:
@@ -509,6 +518,7 @@ class Bench:
     def questions(self, with_anchor: bool) -> dict:
         asked = QUESTIONS[: self.args.questions]
         frame = self.frames[0]
+        self._progress(f"{len(asked)} question(s)")
 
         def separate() -> list[Result]:
             results = []
