@@ -14,14 +14,24 @@ Not thread-safe: one worker drives an engine.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import PIL.Image
 import torch
 
+from smolvlm_ros.engine.answers import (
+    AnswerSpec,
+    AnswerType,
+    CountConstraint,
+    TypedAnswer,
+    count_tokens,
+    parse_count,
+    pick_option,
+)
 from smolvlm_ros.engine.backends.base import (
     Backend,
     BackendOptions,
@@ -164,6 +174,7 @@ class Engine:
         self.image_token_id = loaded.model.config.image_token_id
         self.max_positions = loaded.model.config.text_config.max_position_embeddings
         self.cache = EmbeddingCache(embedding_cache_size)
+        self._count_tokens: tuple[list[int], list[int]] | None = None  # built on first count
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
 
@@ -197,9 +208,97 @@ class Engine:
         """Describe ``frame`` following ``prompt``. Keyword arguments are :class:`Limits`."""
         return self.describe_frames([frame], prompt, CAPTION, **limits)
 
-    def ask(self, frame: Frame, question: str, **limits) -> Result:
-        """Answer ``question`` about ``frame``."""
-        return self.describe_frames([frame], question, ANSWER, **limits)
+    def ask(
+        self, frame: Frame, question: str, answer: AnswerSpec | None = None, **limits
+    ) -> Result:
+        """Answer ``question`` about ``frame``; with a typed ``answer`` (yes/no, count, choice)
+        the result's ``typed`` holds the value and its confidence (see :mod:`.answers`)."""
+        spec = (answer or AnswerSpec()).validate()
+        if spec.type == AnswerType.TEXT:
+            return self.describe_frames([frame], question, ANSWER, **limits)
+        if spec.choices:
+            return self._ask_options(frame, question, spec, **limits)
+        return self._ask_count(frame, question, spec, **limits)
+
+    def _ask_options(self, frame: Frame, question: str, spec: AnswerSpec, **limits) -> Result:
+        """Score every complete option as the answer's start, all in one batched pass over the
+        frame's (shared, cached) image embeddings; the most probable one is the answer."""
+        started, queue_wait_s = time.perf_counter(), _queue_wait([frame])
+        lim = Limits(**limits).validate()
+        self._require(Capability.SCORING, spec)
+        self._check_text(question)
+        (encoded,) = self._encode([frame], lim)
+        t0 = time.perf_counter()
+        prompt = self.prompt_ids(question + spec.instruction(), [encoded.plan])
+        options = [self._answer_ids(option) for option in spec.choices]
+        tokenize_s = time.perf_counter() - t0
+        rows = [torch.cat([prompt, option]) for option in options]
+        self._check_budget(max(len(r) for r in rows), 0)
+        watch = _StopWatch(lim)
+        watch.check_before_start()
+        input_ids, attention_mask = self._pad_left(rows)
+        t0 = time.perf_counter()
+        log_probs = self.backend.language.score(
+            input_ids,
+            attention_mask,
+            encoded.embeddings.repeat(len(rows), 1),
+            [len(option) for option in options],
+        )
+        typed = pick_option(spec, log_probs)
+        best = spec.choices.index(typed.text)
+        generation = Generation(options[best].tolist(), time.perf_counter() - t0, 0.0)
+        result = self._result(
+            ANSWER, question, [encoded], prompt, generation, lim, watch, started, queue_wait_s,
+            tokenize_s,
+        )  # fmt: skip
+        return replace(result, text=typed.text, typed=typed, finish_reason=FINISH_STOP)
+
+    def _ask_count(self, frame: Frame, question: str, spec: AnswerSpec, **limits) -> Result:
+        """Decode under a digits-only constraint; the confidence is the probability of the
+        digits made (within the constraint). No digits (deadline, cancel): ``typed`` is None."""
+        started, queue_wait_s = time.perf_counter(), _queue_wait([frame])
+        lim = Limits(**limits).validate()
+        self._require(Capability.CONSTRAINED, spec)
+        self._check_text(question)
+        (encoded,) = self._encode([frame], lim)
+        t0 = time.perf_counter()
+        ids = self.prompt_ids(question + spec.instruction(), [encoded.plan])
+        first, rest = self._count_vocabulary()
+        constraint = CountConstraint(first, rest, self.backend.language.eos_ids, len(ids))
+        tokenize_s = time.perf_counter() - t0
+        watch = _StopWatch(lim)
+        (generation,) = self._generate(
+            [ids], encoded.embeddings, lim, watch, allowed_tokens=constraint, want_logprobs=True
+        )
+        result = self._result(
+            ANSWER, question, [encoded], ids, generation, lim, watch, started, queue_wait_s,
+            tokenize_s,
+        )  # fmt: skip
+        digits = [t for t in generation.token_ids if t not in self.backend.language.eos_ids]
+        if not digits:
+            return result
+        logprob = sum((generation.token_logprobs or [])[: len(digits)])
+        value = parse_count(result.text)
+        typed = TypedAnswer(spec.type, value, math.exp(logprob), str(value))
+        return replace(result, text=typed.text, typed=typed)
+
+    def _require(self, capability: Capability, spec: AnswerSpec) -> None:
+        if not self.supports(capability):
+            raise ValueError(
+                f"backend {self.backend.name} cannot answer {spec.type} questions (it lacks "
+                f"{capability.value}); ask for text, or use backend torch"
+            )
+
+    def _answer_ids(self, text: str) -> torch.Tensor:
+        """An answer's tokens as the model would make them after the prompt ("Assistant:"
+        is followed by a space, then the answer)."""
+        ids = self.tokenizer(" " + text, add_special_tokens=False, return_tensors="pt")
+        return ids["input_ids"][0]
+
+    def _count_vocabulary(self) -> tuple[list[int], list[int]]:
+        if self._count_tokens is None:
+            self._count_tokens = count_tokens(self.tokenizer)
+        return self._count_tokens
 
     def describe_frames(
         self, frames: Sequence[Frame], user_text: str, kind: str = CAPTION, **limits
@@ -439,6 +538,8 @@ class Engine:
         watch: _StopWatch,
         prefix=None,
         prefix_len: int = 0,
+        allowed_tokens=None,
+        want_logprobs: bool = False,
     ) -> list[Generation]:
         """Pad the prompts into one batch and run the language stage.
 
@@ -447,22 +548,9 @@ class Engine:
         [prefix | padding | rest of the prompt]: masked padding in the middle keeps the shared
         part aligned with the cache, and positions follow the attention mask.
         """
-        longest = max(len(i) for i in ids)
-        if longest + limits.max_new_tokens > self.max_positions:
-            raise TokenBudgetError(
-                f"prompt of {longest} tokens + max_new_tokens {limits.max_new_tokens} exceeds "
-                f"the model's context of {self.max_positions} tokens: lower max_new_tokens or "
-                "the tiling (image_splitting, max_tiles, max_image_tokens)"
-            )
+        self._check_budget(max(len(i) for i in ids), limits.max_new_tokens)
         watch.check_before_start()
-        input_ids = torch.full((len(ids), longest), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
-        for row, prompt in enumerate(ids):
-            input_ids[row, :prefix_len] = prompt[:prefix_len]
-            attention_mask[row, :prefix_len] = 1
-            rest = prompt[prefix_len:]
-            input_ids[row, longest - len(rest) :] = rest
-            attention_mask[row, longest - len(rest) :] = 1
+        input_ids, attention_mask = self._pad_left(ids, prefix_len)
         # A backend that cannot stream gets no callback; its tokens are passed on at the end.
         streaming = self.supports(Capability.STREAMING)
         generations = self.backend.language.generate(
@@ -476,12 +564,37 @@ class Engine:
                 on_token=limits.on_token if streaming else None,
                 should_stop=watch,
                 prefix=prefix,
+                allowed_tokens=allowed_tokens,
+                want_logprobs=want_logprobs,
             )
         )
         if limits.on_token is not None and not streaming:
             for token in generations[0].token_ids:
                 limits.on_token(token)
         return generations
+
+    def _check_budget(self, longest: int, max_new_tokens: int) -> None:
+        if longest + max_new_tokens > self.max_positions:
+            raise TokenBudgetError(
+                f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds "
+                f"the model's context of {self.max_positions} tokens: lower max_new_tokens or "
+                "the tiling (image_splitting, max_tiles, max_image_tokens)"
+            )
+
+    def _pad_left(
+        self, ids: list[torch.Tensor], prefix_len: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows [prefix | padding | rest]: left padding when there is no prefix."""
+        longest = max(len(i) for i in ids)
+        input_ids = torch.full((len(ids), longest), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        for row, prompt in enumerate(ids):
+            input_ids[row, :prefix_len] = prompt[:prefix_len]
+            attention_mask[row, :prefix_len] = 1
+            rest = prompt[prefix_len:]
+            input_ids[row, longest - len(rest) :] = rest
+            attention_mask[row, longest - len(rest) :] = 1
+        return input_ids, attention_mask
 
     def _finish_reason(self, generation: Generation, limits: Limits, watch: _StopWatch) -> str:
         tokens = generation.token_ids

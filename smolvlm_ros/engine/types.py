@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from smolvlm_ros.compat import StrEnum
+from smolvlm_ros.engine.answers import TypedAnswer
 
 
 class Kind(StrEnum):
@@ -102,6 +103,7 @@ class Result:
     finish_reason: str = FinishReason.STOP
     tiling_note: str = ""  # why the tiling is smaller than configured, if it is
     reused_encoding: bool = False  # the frame's image embeddings came from the cache
+    typed: TypedAnswer | None = None  # the typed value and confidence of a typed question
 
     def provenance_fields(self) -> dict:
         """The fields of msg/Provenance.msg, for any message library (rclpy, rosbags)."""

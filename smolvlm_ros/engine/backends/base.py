@@ -20,6 +20,8 @@ from typing import Any, Protocol
 TokenCallback = Callable[[int], None]
 # Polled between tokens; True ends the generation early (cancel, deadline, shutdown).
 StopCheck = Callable[[], bool]
+# (row index, that row's token ids so far as a 1-D tensor) -> token ids allowed next.
+AllowedTokens = Callable[[int, Any], list[int]]
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ class GenerationRequest:
     on_token: TokenCallback | None = None
     should_stop: StopCheck | None = None
     prefix: Any | None = None  # from prefill(): covers the first tokens of every row
+    # Constrained decoding (counts, grammars): (row, that row's ids so far) -> the token ids
+    # allowed next, transformers' ``prefix_allowed_tokens_fn`` contract.
+    allowed_tokens: AllowedTokens | None = None
+    want_logprobs: bool = False  # fill Generation.token_logprobs (under any constraint)
 
 
 @dataclass
@@ -77,6 +83,8 @@ class Generation:
     token_ids: list[int]
     prefill_s: float  # prompt processing up to and including the first new token
     decode_s: float  # the remaining tokens
+    # log-probability of each token as chosen (after constraints), when asked for
+    token_logprobs: list[float] | None = None
 
 
 class VisionStage(Protocol):
@@ -100,6 +108,13 @@ class LanguageStage(Protocol):
 
     def prefill(self, input_ids: Any, image_embeddings: Any) -> Any:
         """Run the model over a shared prompt prefix once; the result seeds later generations."""
+        ...
+
+    def score(
+        self, input_ids: Any, attention_mask: Any, image_embeddings: Any, lengths: list[int]
+    ) -> list[float]:
+        """Log-probability of the last ``lengths[i]`` tokens of left-padded row ``i`` given
+        everything before them, all rows in one pass (typed answers compare options)."""
         ...
 
 

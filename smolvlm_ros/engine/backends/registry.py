@@ -48,6 +48,8 @@ class Capability(enum.Enum):
     BATCHING = "batching"  # several prompts in one language-stage call
     STREAMING = "streaming"  # on_token called as each token is made
     PREFIX_REUSE = "prefix_reuse"  # prefill() once, many generations from the prefix
+    SCORING = "scoring"  # score(): log-probabilities of given continuations (typed answers)
+    CONSTRAINED = "constrained"  # GenerationRequest.allowed_tokens honoured (counts, grammars)
 
 
 Availability = Callable[[], "str | None"]

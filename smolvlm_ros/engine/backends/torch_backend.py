@@ -94,6 +94,45 @@ class TorchVision:
         return embeddings
 
 
+@torch.inference_mode()
+def score_rows(
+    model: Any,
+    device: str,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_embeddings: torch.Tensor | None,
+    lengths: list[int],
+) -> list[float]:
+    """Summed log-probabilities of each row's last ``lengths[i]`` tokens, one forward pass over
+    the left-padded batch (positions follow the mask, as in generation)."""
+    ids, mask = input_ids.to(device), attention_mask.to(device)
+    keep = max(lengths) + 1  # logits of the positions that predict the scored tokens
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+        mm_encoder_outputs=_image_outputs(image_embeddings)
+        if image_embeddings is not None
+        else None,
+        use_cache=False,
+        logits_to_keep=keep,
+    )
+    log_probs = out.logits[:, :-1].float().log_softmax(-1)  # predicts the last keep - 1 tokens
+    targets = ids[:, -(keep - 1) :]
+    picked = log_probs.gather(-1, targets[..., None])[..., 0]
+    return [float(picked[row, picked.shape[1] - n :].sum()) for row, n in enumerate(lengths)]
+
+
+def chosen_logprobs(scores: tuple[torch.Tensor, ...], tokens: torch.Tensor) -> list[list[float]]:
+    """Per row, the log-probability of each generated token under the processed scores
+    (constraints applied), from ``generate(output_scores=True)``."""
+    per_step = [
+        step.float().log_softmax(-1).gather(-1, tokens[:, i, None])[:, 0]
+        for i, step in enumerate(scores)
+    ]
+    return torch.stack(per_step, dim=1).tolist() if per_step else [[] for _ in tokens]
+
+
 class TorchLanguage:
     """SmolLM2 decoder of a loaded Idefics3 model, driven by ``generate``."""
 
@@ -117,6 +156,17 @@ class TorchLanguage:
         )
         _sync(self.device)
         return out.past_key_values
+
+    def score(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_embeddings: torch.Tensor | None,
+        lengths: list[int],
+    ) -> list[float]:
+        return score_rows(
+            self.model, self.device, input_ids, attention_mask, image_embeddings, lengths
+        )
 
     @torch.inference_mode()
     def generate(self, request: GenerationRequest) -> list[Generation]:
@@ -152,13 +202,22 @@ class TorchLanguage:
             min_new_tokens=request.min_new_tokens or None,
             streamer=clock,
             stopping_criteria=stopping,
+            prefix_allowed_tokens_fn=request.allowed_tokens,
+            output_scores=request.want_logprobs,
+            return_dict_in_generate=True,
             **kwargs,
         )
         _sync(self.device)
         end = time.perf_counter()
         first = clock.first_token_at if clock.first_token_at is not None else end
-        new = out[:, request.input_ids.shape[1] :].tolist()
-        return [Generation(self._until_eos(row), first - start, end - first) for row in new]
+        made = out.sequences[:, request.input_ids.shape[1] :]
+        logprobs = chosen_logprobs(out.scores, made) if request.want_logprobs else None
+        results = []
+        for row, tokens in enumerate(made.tolist()):
+            kept = self._until_eos(tokens)
+            row_logprobs = logprobs[row][: len(kept)] if logprobs is not None else None
+            results.append(Generation(kept, first - start, end - first, row_logprobs))
+        return results
 
     def _until_eos(self, tokens: list[int]) -> list[int]:
         """A batch row runs on (padded) after its end token: cut after the first one."""

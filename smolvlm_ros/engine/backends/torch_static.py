@@ -43,10 +43,9 @@ from smolvlm_ros.engine.backends.base import (
     BackendOptions,
     Generation,
     GenerationRequest,
-    Sampling,
 )
 from smolvlm_ros.engine.backends.registry import BackendError, BackendSpec, Capability, register
-from smolvlm_ros.engine.backends.torch_backend import TorchVision, _sync
+from smolvlm_ros.engine.backends.torch_backend import TorchVision, _sync, score_rows
 
 if TYPE_CHECKING:
     from smolvlm_ros.models.loading import LoadedModel
@@ -186,6 +185,18 @@ class StaticLanguage:
         self._caches[key] = cache
         return cache
 
+    def score(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_embeddings: torch.Tensor | None,
+        lengths: list[int],
+    ) -> list[float]:
+        """One eager pass over the rows (scoring is a prefill: nothing to capture)."""
+        return score_rows(
+            self.model, self.device, input_ids, attention_mask, image_embeddings, lengths
+        )
+
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, image_embeddings: torch.Tensor) -> _Prefix:
         ids = input_ids.to(self.device)
@@ -235,7 +246,6 @@ class StaticLanguage:
             embeddings = None
         if request.sampling.do_sample and request.sampling.seed is not None:
             torch.manual_seed(request.sampling.seed)
-        choose = _TokenChooser(request.sampling, self._eos, request.min_new_tokens)
 
         start = time.perf_counter()
         positions = (mask[:, :prompt_len].cumsum(-1) - 1).clamp(min=0)
@@ -248,6 +258,7 @@ class StaticLanguage:
         tokens = torch.full(
             (rows, request.max_new_tokens), self.pad_id, dtype=torch.long, device=self.device
         )
+        choose = _TokenChooser(request, self._eos, ids, tokens)
         finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
         finished[batch:] = True  # bucket padding rows never hold the loop up
         token = choose(logits, 0, finished, self.pad_id)
@@ -258,9 +269,13 @@ class StaticLanguage:
         made = self._decode(request, tokens, token, finished, mask, positions[:, -1], cache, choose)
         _sync(self.device)
         end = time.perf_counter()
-        rows_out = tokens[:batch, :made].tolist()
-        return [Generation(_until_eos(r, self.eos_ids), first_at - start, end - first_at)
-                for r in rows_out]  # fmt: skip
+        logprobs = choose.logprobs[:batch, :made].tolist() if choose.logprobs is not None else None
+        results = []
+        for row, made_row in enumerate(tokens[:batch, :made].tolist()):
+            kept = _until_eos(made_row, self.eos_ids)
+            row_logprobs = logprobs[row][: len(kept)] if logprobs is not None else None
+            results.append(Generation(kept, first_at - start, end - first_at, row_logprobs))
+        return results
 
     def _decode(
         self,
@@ -298,13 +313,24 @@ class StaticLanguage:
 
 
 class _TokenChooser:
-    """The next token from float32 logits, on the device: min_new_tokens, then greedy or
-    transformers' warpers (temperature, top-k, top-p, in generate's order) and a draw."""
+    """The next token from float32 logits, on the device: min_new_tokens, an allowed-tokens
+    constraint (host-side: it reads the row so far), then greedy or transformers' warpers
+    (temperature, top-k, top-p, in generate's order) and a draw; records each chosen token's
+    log-probability under the constrained scores when asked."""
 
-    def __init__(self, sampling: Sampling, eos: torch.Tensor, min_new_tokens: int) -> None:
+    def __init__(
+        self, request: GenerationRequest, eos: torch.Tensor, prompt: torch.Tensor, tokens: Any
+    ) -> None:
+        sampling = request.sampling
         self.sampling = sampling
         self.eos = eos
-        self.min_new_tokens = min_new_tokens
+        self.min_new_tokens = request.min_new_tokens
+        self.allowed = request.allowed_tokens
+        self.rows = request.input_ids.shape[0]  # real rows: bucket padding is not constrained
+        self.prompt, self.tokens = prompt, tokens
+        self.logprobs = (
+            torch.zeros(tokens.shape, device=tokens.device) if request.want_logprobs else None
+        )
         self.warpers = LogitsProcessorList()
         if sampling.do_sample:
             if sampling.temperature != 1.0:
@@ -319,12 +345,27 @@ class _TokenChooser:
     ) -> torch.Tensor:
         if step < self.min_new_tokens:  # out of place: a compiled step owns its output buffer
             logits = logits.index_fill(1, self.eos, float("-inf"))
+        if self.allowed is not None:
+            logits = logits + self._allowed_mask(logits, step)
+        scores = logits
         if self.sampling.do_sample:
             logits = self.warpers(None, logits)
             token = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1).squeeze(1)
         else:
             token = logits.argmax(dim=-1)
+        if self.logprobs is not None:
+            self.logprobs[:, step] = scores.log_softmax(-1).gather(-1, token[:, None])[:, 0]
         return torch.where(finished, torch.full_like(token, pad_id), token)
+
+    def _allowed_mask(self, logits: torch.Tensor, step: int) -> torch.Tensor:
+        """0 where a token is allowed, -inf elsewhere (rows past the real batch: no limit)."""
+        mask = torch.zeros_like(logits)
+        for row in range(self.rows):
+            so_far = torch.cat([self.prompt[row], self.tokens[row, :step]])
+            allowed = torch.as_tensor(self.allowed(row, so_far), device=logits.device)
+            mask[row].fill_(float("-inf"))
+            mask[row, allowed] = 0.0
+        return mask
 
 
 def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:

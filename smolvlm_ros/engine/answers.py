@@ -1,0 +1,169 @@
+"""Typed answers a planner can act on: yes/no, counts and choices, each with a confidence.
+
+Free text ("Yes, the door appears to be...") has to be parsed by every caller and says nothing
+about how sure the model was. Here the answer's type is part of the question:
+
+- ``yes_no`` and ``choice`` score every complete option under the model (the log-probability of
+  the option's tokens as the answer's start, all options in one batched pass over the shared
+  image encoding) and return the most probable one; the confidence is its probability
+  normalised over the options.
+- ``count`` decodes under a digits-only constraint (at least one digit, then digits or the end);
+  the confidence is the probability of the digits made, within that constraint.
+- ``text`` is the free answer, as before; it has no confidence (0).
+
+Plain Python: the engine does the model work, this module says what each type asks and means.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from smolvlm_ros.compat import StrEnum
+
+MAX_OPTIONS = 32  # choices scored in one pass; more would make one request a large batch
+MAX_COUNT_DIGITS = 6  # counts up to 999999: a robot's scene holds fewer things
+YES, NO = "yes", "no"
+
+
+class AnswerType(StrEnum):
+    TEXT = "text"
+    YES_NO = "yes_no"
+    COUNT = "count"
+    CHOICE = "choice"
+
+
+ANSWER_TYPES = tuple(AnswerType)
+
+
+@dataclass(frozen=True)
+class AnswerSpec:
+    """How a question is to be answered: its type and, for ``choice``, the options."""
+
+    type: AnswerType = AnswerType.TEXT
+    options: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, type_name: str, options: Sequence[str] = ()) -> AnswerSpec:
+        """From what a client sends (an empty type means text); raises ValueError with the fix."""
+        name = (type_name or AnswerType.TEXT).strip().lower()
+        if name not in ANSWER_TYPES:
+            raise ValueError(
+                f"answer_type {type_name!r}: expected one of {', '.join(ANSWER_TYPES)}"
+            )
+        return cls(AnswerType(name), tuple(options)).validate()
+
+    def validate(self) -> AnswerSpec:
+        if self.type == AnswerType.CHOICE:
+            options = [o.strip() for o in self.options]
+            if len(options) < 2:
+                raise ValueError("a choice needs at least two options")
+            if len(options) > MAX_OPTIONS:
+                raise ValueError(
+                    f"a choice takes at most {MAX_OPTIONS} options, got {len(options)}"
+                )
+            if any(not o for o in options):
+                raise ValueError("a choice option is empty")
+            if len({o.lower() for o in options}) != len(options):
+                raise ValueError(f"choice options repeat: {options}")
+        elif self.options:
+            raise ValueError(f"options are for answer_type choice, not {self.type}")
+        return self
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The complete answers scored: the options of a choice, yes and no, else none."""
+        if self.type == AnswerType.YES_NO:
+            return ("Yes", "No")
+        if self.type == AnswerType.CHOICE:
+            return tuple(o.strip() for o in self.options)
+        return ()
+
+    def instruction(self) -> str:
+        """Appended to the question so that the model's own answer takes the asked form (the
+        scoring itself does not depend on it, but the probabilities are sharper)."""
+        if self.type == AnswerType.YES_NO:
+            return " Answer yes or no."
+        if self.type == AnswerType.COUNT:
+            return " Answer with a number."
+        if self.type == AnswerType.CHOICE:
+            return f" Answer with one of: {', '.join(self.choices)}."
+        return ""
+
+
+@dataclass(frozen=True)
+class TypedAnswer:
+    """The typed value (bool, int or the chosen option) and how sure the model was, in [0, 1]."""
+
+    type: AnswerType
+    value: Any
+    confidence: float
+    text: str  # the value as the answer's text: "Yes", "3", the option
+
+    @property
+    def yes(self) -> bool:
+        return self.type == AnswerType.YES_NO and bool(self.value)
+
+    @property
+    def count(self) -> int:
+        return int(self.value) if self.type == AnswerType.COUNT else 0
+
+    @property
+    def choice(self) -> str:
+        return str(self.value) if self.type == AnswerType.CHOICE else ""
+
+
+def pick_option(spec: AnswerSpec, log_probs: Sequence[float]) -> TypedAnswer:
+    """The most probable option and its probability normalised over all options."""
+    peak = max(log_probs)
+    weights = [math.exp(lp - peak) for lp in log_probs]
+    best = max(range(len(weights)), key=weights.__getitem__)
+    confidence = weights[best] / sum(weights)
+    option = spec.choices[best]
+    value: Any = best == 0 if spec.type == AnswerType.YES_NO else option
+    return TypedAnswer(spec.type, value, confidence, option)
+
+
+DIGITS = re.compile(r"\d+")
+
+
+def count_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Vocabulary ids a count may start with (digits, optionally after one space) and continue
+    with (digits only)."""
+    first, rest = [], []
+    texts = tokenizer.batch_decode([[token_id] for token_id in range(len(tokenizer))])
+    for token_id, text in enumerate(texts):
+        if DIGITS.fullmatch(text):
+            first.append(token_id)
+            rest.append(token_id)
+        elif text.startswith(" ") and DIGITS.fullmatch(text[1:]):
+            first.append(token_id)
+    return first, rest
+
+
+class CountConstraint:
+    """``prefix_allowed_tokens_fn`` for a count: digits first, then digits or an end token;
+    after MAX_COUNT_DIGITS digits only the end. ``prompt_len`` is where the answer starts."""
+
+    def __init__(self, first: list[int], rest: list[int], eos_ids: Sequence[int], prompt_len: int):
+        self.first, self.rest = first, rest
+        self.eos = sorted(eos_ids)
+        self.prompt_len = prompt_len
+
+    def __call__(self, batch_id: int, input_ids: Any) -> list[int]:
+        made = len(input_ids) - self.prompt_len
+        if made <= 0:
+            return self.first
+        if made >= MAX_COUNT_DIGITS:
+            return self.eos
+        return self.rest + self.eos
+
+
+def parse_count(text: str) -> int:
+    match = DIGITS.search(text)
+    if match is None:
+        raise ValueError(f"no digits in the count answer {text!r}")
+    return int(match.group())

@@ -1,0 +1,127 @@
+"""Typed answers (yes/no, count, choice) with a confidence, on real photographs.
+
+Random weights make the answers themselves meaningless; what is checked is what holds for any
+weights: the typed value has its type, the confidence is a probability, batched option scoring
+equals scoring each option alone (padding and positions are right), counts are digits then the
+end, both torch backends agree, and text questions are unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from smolvlm_ros.engine import Engine, Frame, Limits
+from smolvlm_ros.engine.answers import (
+    MAX_COUNT_DIGITS,
+    AnswerSpec,
+    AnswerType,
+    pick_option,
+)
+from smolvlm_ros.engine.backends.registry import BackendChoice, choose
+from smolvlm_ros.engine.backends.torch_static import TorchStaticBackend
+
+YES_NO = AnswerSpec(AnswerType.YES_NO)
+COUNT = AnswerSpec(AnswerType.COUNT)
+SHELVES = AnswerSpec(AnswerType.CHOICE, ("shelf A", "shelf B", "the one on the far left"))
+
+
+@pytest.fixture(scope="module")
+def static_engine(tiny_engine):
+    backend = TorchStaticBackend(
+        tiny_engine.loaded.model, "cpu", tiny_engine.loaded.dtype, compile_step=False
+    )
+    return Engine(tiny_engine.loaded, backend, backend_choice=choose("torch_static", "cpu"))
+
+
+@pytest.mark.parametrize(
+    ("type_name", "options", "message"),
+    [
+        ("maybe", (), "expected one of text, yes_no, count, choice"),
+        ("choice", ("A",), "at least two options"),
+        ("choice", ("A", " a "), "repeat"),
+        ("choice", ("A", ""), "empty"),
+        ("yes_no", ("yes", "no"), "options are for answer_type choice"),
+    ],
+)
+def test_wrong_answer_specs_are_refused_with_the_fix(type_name, options, message):
+    with pytest.raises(ValueError, match=message):
+        AnswerSpec.parse(type_name, options)
+
+
+def test_an_empty_type_is_text_and_names_are_case_blind():
+    assert AnswerSpec.parse("").type == AnswerType.TEXT
+    assert AnswerSpec.parse(" Yes_No ").type == AnswerType.YES_NO
+
+
+def test_option_probabilities_are_normalised_over_the_options():
+    typed = pick_option(YES_NO, [-1.0, -2.0])
+    assert typed.value is True and typed.text == "Yes"
+    assert typed.confidence == pytest.approx(1 / (1 + math.exp(-1.0)))
+    typed = pick_option(SHELVES, [-5.0, -1.0, -3.0])
+    assert typed.value == "shelf B" == typed.choice
+
+
+@pytest.mark.parametrize("name", ["coffee", "astronaut"])
+def test_yes_no_and_choice_score_each_option_as_alone(tiny_engine, photos, name):
+    """The batched, left-padded scoring pass equals each option scored in a batch of its own."""
+    frame = Frame(photos[name])
+    for spec in (YES_NO, SHELVES):
+        result = tiny_engine.ask(frame, "Is the door open?", spec)
+        assert result.typed is not None and 0.0 < result.typed.confidence <= 1.0
+        assert result.text in spec.choices and result.typed.text == result.text
+        question = "Is the door open?" + spec.instruction()
+        prompt = tiny_engine.prompt_ids(question, [tiny_engine.plan(frame)])
+        embeddings = tiny_engine._encode([frame], Limits())[0].embeddings
+        alone = []
+        for option in spec.choices:
+            ids = tiny_engine._answer_ids(option)
+            row, mask = tiny_engine._pad_left([torch.cat([prompt, ids])])
+            alone.append(tiny_engine.backend.language.score(row, mask, embeddings, [len(ids)])[0])
+        expected = pick_option(spec, alone)
+        assert result.typed.text == expected.text
+        assert result.typed.confidence == pytest.approx(expected.confidence, rel=1e-4)
+    assert isinstance(tiny_engine.ask(frame, "Open?", YES_NO).typed.value, bool)
+
+
+def test_counts_are_digits_then_the_end(tiny_engine, static_engine, photos):
+    eos = tiny_engine.backend.language.eos_ids
+    for name in ("coffee", "chelsea"):
+        frame = Frame(photos[name])
+        result = tiny_engine.ask(frame, "How many cups are there?", COUNT)
+        digits = [t for t in result.token_ids if t not in eos]
+        assert 1 <= len(digits) <= MAX_COUNT_DIGITS
+        assert result.text.isdigit() and result.typed.value == int(result.text) >= 0
+        assert 0.0 < result.typed.confidence <= 1.0
+        fast = static_engine.ask(frame, "How many cups are there?", COUNT)
+        assert fast.token_ids == result.token_ids
+        assert fast.typed.confidence == pytest.approx(result.typed.confidence, rel=1e-4)
+
+
+def test_both_torch_backends_give_the_same_typed_answers(tiny_engine, static_engine, photos):
+    frame = Frame(photos["astronaut"])
+    for spec in (YES_NO, SHELVES):
+        a, b = tiny_engine.ask(frame, "Which?", spec), static_engine.ask(frame, "Which?", spec)
+        assert a.typed.value == b.typed.value
+        assert a.typed.confidence == pytest.approx(b.typed.confidence, rel=1e-4)
+
+
+def test_text_questions_are_unchanged(tiny_engine, photos):
+    frame = Frame(photos["coffee"])
+    plain = tiny_engine.ask(frame, "What is this?", max_new_tokens=6)
+    typed_text = tiny_engine.ask(frame, "What is this?", AnswerSpec(), max_new_tokens=6)
+    assert plain.token_ids == typed_text.token_ids and plain.typed is typed_text.typed is None
+
+
+def test_a_backend_that_cannot_score_says_so(tiny_engine, photos):
+    spec = dataclasses.replace(choose("torch", "cpu").spec, capabilities=frozenset())
+    engine = Engine(
+        tiny_engine.loaded, tiny_engine.backend, backend_choice=BackendChoice(spec, "cpu", "test")
+    )
+    with pytest.raises(ValueError, match=r"cannot answer yes_no questions.*scoring"):
+        engine.ask(Frame(photos["coffee"]), "Open?", YES_NO)
+    with pytest.raises(ValueError, match=r"cannot answer count questions.*constrained"):
+        engine.ask(Frame(photos["coffee"]), "How many?", COUNT)
