@@ -120,10 +120,40 @@ def test_ask_about_a_supplied_image(ros, running_node, photos):
     assert 1 <= response.answer.timing.generated_tokens <= 3
 
 
+def test_typed_answers_over_dds(ros, running_node, photos):
+    """yes/no, count and choice about a real photograph: the typed field is filled, the
+    confidence is a probability, the text is the value; a text question stays text."""
+    _, ask = running_node
+    image = image_msg(photos["coffee"], 5_000_000_000, "table_cam")
+
+    def typed(answer_type: str, question: str, options: tuple[str, ...] = ()):
+        request = AskQuestion.Request(
+            question=question, image=image, answer_type=answer_type, options=list(options)
+        )
+        response = ros.call(ask, request)
+        assert response.success, response.error
+        answer = response.answer
+        assert answer.answer_type == answer_type and answer.header.frame_id == "table_cam"
+        return answer
+
+    yes_no = typed("yes_no", "Is there a cup?")
+    assert yes_no.answer == ("Yes" if yes_no.yes else "No")
+    assert 0.5 <= yes_no.confidence <= 1.0  # the better of two options
+    count = typed("count", "How many cups are there?")
+    assert count.count >= 0 and count.answer == str(count.count) and 0 < count.confidence <= 1
+    choice = typed("choice", "Which drink is it?", ("coffee", "tea", "orange juice"))
+    assert choice.choice in ("coffee", "tea", "orange juice") and choice.answer == choice.choice
+    assert 1 / 3 <= choice.confidence <= 1.0
+    text = typed("text", "What is it?")
+    assert (text.yes, text.count, text.choice, text.confidence) == (False, 0, "", 0.0)
+
+
 @pytest.mark.parametrize(
     ("request_fields", "error_part"),
     [
         ({"question": "   "}, "question is empty"),
+        ({"question": "Which?", "answer_type": "choice", "options": ["A"]}, "at least two"),
+        ({"question": "Open?", "answer_type": "maybe"}, "answer_type 'maybe': expected one of"),
         ({"question": "What?", "camera": "/no/such/camera"}, "unknown camera '/no/such/camera'"),
         ({"question": "What?", "max_new_tokens": 100000}, "max_new_tokens 100000"),
     ],

@@ -27,7 +27,8 @@ def test_interfaces_have_the_documented_fields():
         "header", "camera", "text", "provenance", "timing"
     }  # fmt: skip
     assert set(VqaAnswer.get_fields_and_field_types()) == {
-        "header", "camera", "question", "answer", "provenance", "timing"
+        "header", "camera", "question", "answer", "answer_type", "yes", "count", "choice",
+        "confidence", "provenance", "timing",
     }  # fmt: skip
     assert {"model", "backend", "device", "prompt", "tile_rows", "tile_cols", "tiling_note"} <= set(
         Provenance.get_fields_and_field_types()
@@ -43,6 +44,8 @@ def test_interfaces_have_the_documented_fields():
         "max_new_tokens": "uint32",
         "max_age_s": "double",
         "timeout_s": "double",
+        "answer_type": "string",
+        "options": "sequence<string>",
     }
     assert AskQuestion.Response.get_fields_and_field_types() == {
         "success": "boolean",

@@ -45,6 +45,11 @@ def to_vqa_answer(result: Result) -> VqaAnswer:
         camera=result.camera,
         question=result.prompt,
         answer=result.text,
+        answer_type=result.typed.type if result.typed else "text",
+        yes=result.typed.yes if result.typed else False,
+        count=result.typed.count if result.typed else 0,
+        choice=result.typed.choice if result.typed else "",
+        confidence=result.typed.confidence if result.typed else 0.0,
         provenance=_provenance(result),
         timing=_timing(result),
     )

@@ -46,6 +46,7 @@ from smolvlm_ros.engine import (
     Engine,
     Result,
 )
+from smolvlm_ros.engine.answers import AnswerSpec
 from smolvlm_ros.models.loading import ModelLoadError
 from smolvlm_ros.msg import Caption, VqaAnswer
 from smolvlm_ros.node.diagnostics import CaptionRates, LatencyWindow, WorkerHealth, diagnostics
@@ -69,7 +70,6 @@ from smolvlm_ros.pipeline.intake import (
     stamp_to_ns,
 )
 from smolvlm_ros.pipeline.requests import (
-    RequestError,
     check_max_new_tokens,
     check_question,
     check_seconds,
@@ -564,7 +564,10 @@ class VlmNode(LifecycleNode):
             timeout_s = check_seconds(
                 "timeout_s", getattr(request, "timeout_s", 0.0), "the node's ask_timeout_s"
             )
-        except RequestError as err:
+            answer = AnswerSpec.parse(
+                getattr(request, "answer_type", ""), list(getattr(request, "options", []))
+            )
+        except ValueError as err:  # RequestError, or an answer type / options a client got wrong
             raise AskError(str(err)) from None
         if len(request.image.data) > 0:
             camera = ""
@@ -590,6 +593,7 @@ class VlmNode(LifecycleNode):
             question=question,
             max_new_tokens=max_new_tokens,
             deadline=time.monotonic() + (timeout_s or s.ask_timeout_s),
+            answer=answer,
         )
 
     def _camera_of(self, name: str) -> str:

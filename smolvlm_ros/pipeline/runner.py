@@ -302,6 +302,7 @@ class JobRunner:
             result = self.engine.ask(
                 frame,
                 job.question,
+                job.answer,
                 max_new_tokens=job.max_new_tokens,
                 deadline=job.deadline,
                 should_stop=self._stop_check(job.cancel, job.future.done),

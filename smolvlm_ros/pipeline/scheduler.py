@@ -136,6 +136,7 @@ class QuestionJob:
     on_token: Callable[[int], None] | None = None  # streams the answer's tokens
     cancel: Callable[[], bool] | None = None  # True: stop generating (the caller gave up)
     future: Future = field(default_factory=Future)
+    answer: Any = None  # an engine AnswerSpec for a typed answer; None: free text
 
 
 Job = CaptionJob | CaptionBatchJob | MosaicJob | QuestionJob
