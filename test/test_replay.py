@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from rosbags.highlevel import AnyReader
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
 
 from smolvlm_ros.engine.types import ANSWER, CAPTION, FINISH_LENGTH, Result
 from smolvlm_ros.interfaces import typestore_with_our_messages
@@ -62,7 +64,12 @@ def test_every_frame_mode_writes_jsonl_and_a_bag(bag, tmp_path):
         + json.dumps({"camera": CAMERAS[1], "frame": 14, "question": "Is there a cat?",
                       "answers": ["no", "no", "no"]})
         + "\n"
-        + json.dumps({"camera": CAMERAS[1], "frame": 3, "question": "Never asked?",
+        + json.dumps({"camera": CAMERAS[1], "frame": 3, "question": "Only in the references?",
+                      "answers": ["no"]})
+        + "\n"
+        + json.dumps({"camera": "/typo/image_raw", "frame": 0, "captions": ["a cat"]})
+        + "\n"
+        + json.dumps({"camera": CAMERAS[0], "frame": 99, "question": "Too late?",
                       "answers": ["no"]})
         + "\n"
     )  # fmt: skip
@@ -80,30 +87,43 @@ def test_every_frame_mode_writes_jsonl_and_a_bag(bag, tmp_path):
     sources = bag_stamps(bag)
     captions = [r for r in lines if r["kind"] == "caption"]
     answers = [r for r in lines if r["kind"] == "answer"]
-    assert len(captions) == 30 and len(answers) == 60  # every frame, two questions each
+    # every frame, two questions each, and the reference's own question about its one frame
+    assert len(captions) == 30 and len(answers) == 61
     for record in lines:
         assert record["stamp"] in sources[record["camera"]]  # stamped with its source frame
         assert record["text"] and record["model"] == "random:tiny"
         assert record["timing"]["generated_tokens"] >= 1
-    assert {r["question"] for r in answers} == {"Is there a cat?", "Is it outdoors?"}
+    assert {r["question"] for r in answers} == {
+        "Is there a cat?", "Is it outdoors?", "Only in the references?",
+    }  # fmt: skip
+    (asked,) = [r for r in answers if r["question"] == "Only in the references?"]
+    assert (asked["camera"], asked["stamp"]) == (CAMERAS[1], sorted(sources[CAMERAS[1]])[3])
 
     typestore = typestore_with_our_messages()
     with AnyReader([out / "bag"], default_typestore=typestore) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
         assert counts == {
-            CAMERAS[0]: 15, CAMERAS[1]: 15, "/smolvlm/caption": 30, "/smolvlm/answer": 60,
+            CAMERAS[0]: 15, CAMERAS[1]: 15, "/smolvlm/caption": 30, "/smolvlm/answer": 61,
         }  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["frames"] == 30 and summary["results"] == 90
+    assert summary["frames"] == 30 and summary["results"] == 91
     assert summary["drop_rate"] == 0.0 and summary["latency_ms"]["p50"] > 0
     scores = summary["scores"]
-    assert (scores["captions_scored"], scores["vqa_scored"], scores["vqa_missing"]) == (1, 1, 1)
+    assert (scores["captions_scored"], scores["vqa_scored"], scores["vqa_missing"]) == (1, 2, 0)
+    unmatched = summary["references"]["unmatched"]
+    assert (summary["references"]["given"], summary["references"]["matched"]) == (5, 3)
+    assert [(u["line"], u["camera"]) for u in unmatched] == [
+        (4, "/typo/image_raw"), (5, CAMERAS[0]),
+    ]  # fmt: skip
+    assert "camera not replayed" in unmatched[0]["reason"] and "15 frames" in unmatched[1]["reason"]
+    assert "reference line 4 (/typo/image_raw frame 0) matches nothing" in done.stderr
     scored = [r for r in lines if "scores" in r]
-    assert len(scored) == 2
+    assert len(scored) == 3
     assert {r["camera"] for r in scored} == set(CAMERAS)
     page = (out / "report.html").read_text()
     assert page.count('src="data:image/jpeg;base64,') == 30  # every captioned frame, shown
     assert page.count("<svg") == 2 and "Random weights" in page
+    assert "2 references match no frame" in page and "/typo/image_raw" in page
     assert html.escape(captions[0]["text"]) in page
 
 
@@ -269,3 +289,54 @@ def test_live_mode_records_what_the_running_node_publishes(bag, tmp_path):
     assert counts["/smolvlm/caption"] == len(captions) and counts[CAMERAS[0]] == 15
     assert json.loads((out / "summary.json").read_text())["mode"] == "live-node"
     assert (out / "report.html").is_file()
+
+
+def test_bag_and_references_are_checked_before_the_model_loads(bag, tmp_path):
+    """Every mistake here is found in seconds, with no model: --model names weights that do not
+    exist, so a check that came after loading would fail on the model instead."""
+    no_model = ("--model", str(tmp_path / "no-such-weights"))
+    nothing = tmp_path / "nothing.jsonl"
+    nothing.write_text(
+        json.dumps({"camera": "/nope/image", "frame": 0, "captions": ["a cat"]}) + "\n"
+        + json.dumps({"camera": CAMERAS[0], "stamp": 5, "question": "Cat?", "answers": ["no"]})
+        + "\n"
+    )  # fmt: skip
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"camera": "/a", "frame": 0, "captions": ["x"]}\nnot json\n')
+    no_images = tmp_path / "no_images"
+    typestore = get_typestore(Stores.LATEST)
+    with Writer(no_images, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
+        text = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=typestore)
+        msg = typestore.types["std_msgs/msg/String"](data="hello")
+        writer.write(text, 1, typestore.serialize_cdr(msg, "std_msgs/msg/String"))
+    cases = [
+        (tmp_path / "missing", [], "no such bag"),
+        (tmp_path, [], "is not a rosbag2 directory"),
+        (no_images, [], "has no sensor_msgs Image or CompressedImage topics"),
+        (bag, ["--references", str(broken)], "broken.jsonl:2: not JSON"),
+        (bag, ["--references", str(nothing)], "none of its 2 references names a frame"),
+    ]
+    for number, (path, args, message) in enumerate(cases):
+        done = run_replay(path, tmp_path / f"out{number}", *no_model, *args)
+        assert done.returncode == 2 and message in done.stderr, (message, done.stderr)
+        assert "no-such-weights" not in done.stderr
+        assert not (tmp_path / f"out{number}").exists()
+    assert "line 2: " + CAMERAS[0] + " stamp 5: no frame of the camera has this header stamp" in (
+        done.stderr
+    )
+
+
+def test_references_by_stamp_are_asked_about_their_frame(bag, tmp_path):
+    stamp = sorted(bag_stamps(bag)[CAMERAS[0]])[7]
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text(
+        json.dumps({"camera": CAMERAS[0], "stamp": stamp, "question": "Is it red?",
+                    "answers": ["no", "no", "no"]}) + "\n"
+    )  # fmt: skip
+    out = tmp_path / "run"
+    done = run_replay(bag, out, "--topics", CAMERAS[0], "--references", str(refs))
+    assert done.returncode == 0, done.stderr
+    answers = [r for r in records(out) if r["kind"] == "answer"]
+    assert [(r["stamp"], r["question"]) for r in answers] == [(stamp, "Is it red?")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scores"]["vqa_scored"] == 1 and summary["references"]["unmatched"] == []

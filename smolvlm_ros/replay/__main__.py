@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,11 @@ from tqdm import tqdm
 
 from smolvlm_ros.engine import Engine
 from smolvlm_ros.models.loading import ModelLoadError
+from smolvlm_ros.replay.bags import BagError, BagReader, header_stamps, image_connections
 from smolvlm_ros.replay.outputs import JsonlWriter, ResultBag, result_record
 from smolvlm_ros.replay.report import write_report
 from smolvlm_ros.replay.run import MODES, ReplayConfig, replay
-from smolvlm_ros.replay.scoring import load_references, score
+from smolvlm_ros.replay.scoring import Reference, load_references, match_references, score
 from smolvlm_ros.settings import Group, SettingsError, names_in
 from smolvlm_ros.settings.cli import add_setting_flags, settings_from_flags
 
@@ -49,7 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
     )
-    parser.add_argument("bag", type=Path, help="rosbag2 directory (mcap or sqlite3)")
+    parser.add_argument(
+        "bag", type=Path, help="rosbag2 directory (mcap or sqlite3), .mcap / .db3 file, ROS 1 .bag"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output directory (new)")
     parser.add_argument("--topics", nargs="+", default=[], help="image topics (default: all)")
     parser.add_argument("--mode", choices=MODES, default="every")
@@ -66,8 +70,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--settle-s", type=float, default=10.0, help="--live: wait after the bag")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if not (args.bag / "metadata.yaml").is_file():
-        parser.error(f"{args.bag} is not a rosbag2 directory (no metadata.yaml)")
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f"--out {args.out} exists and is not empty: results are never overwritten")
     try:
@@ -77,13 +79,61 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@dataclass
+class Preflight:
+    """What was learnt about the bag and the references before any model loaded."""
+
+    references: list[Reference] | None  # those that name a replayed frame; None: none given
+    unmatched: list[dict] = field(default_factory=list)  # the others, each with its reason
+    given: int = 0
+    notes: list[str] = field(default_factory=list)  # about the bag: topics skipped, fallbacks
+
+
+def preflight(args: argparse.Namespace) -> Preflight:
+    """Check the bag (readable, has the image topics) and the references (parse, name frames
+    of the replayed cameras) in seconds, so that no mistake surfaces after a model load and a
+    long replay. Raises ValueError (BagError, ReferenceError) with what is wrong."""
+    references = load_references(args.references) if args.references else None
+    with BagReader(args.bag) as reader:
+        connections = image_connections(reader, tuple(args.topics))
+        counts: dict[str, int] = {}
+        for connection in connections:
+            counts[connection.topic] = counts.get(connection.topic, 0) + connection.msgcount
+        stamps = None
+        if references and any(ref.stamp is not None for ref in references):
+            stamps = header_stamps(reader, connections)
+        notes = list(reader.notes)
+    if references is None:
+        return Preflight(None, notes=notes)
+    matched, unmatched = match_references(references, counts, stamps)
+    if references and not matched:
+        shown = "; ".join(
+            f"line {u['line']}: {u['camera']} {u['at']}: {u['reason']}" for u in unmatched[:3]
+        )
+        raise BagError(
+            f"--references {args.references}: none of its {len(references)} references "
+            f"names a frame of the replayed cameras ({shown})"
+        )
+    return Preflight(matched, unmatched, len(references), notes)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        references = load_references(args.references) if args.references else None
+        checked = preflight(args)
     except (ValueError, OSError) as err:
         print(f"smolvlm-replay: {err}", file=sys.stderr)
         return 2
+    for note in checked.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for item in checked.unmatched:
+        print(
+            f"warning: reference line {item['line']} ({item['camera']} {item['at']}) matches "
+            f"nothing: {item['reason']}",
+            file=sys.stderr,
+        )
+    args.preflight = checked
+    references = checked.references
     if args.live:
         return _live(args, references)
     try:
@@ -121,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(done - bar.n)
 
         try:
-            stats = replay(args.bag, engine, config, on_result, bag.image, progress)
+            stats = replay(
+                args.bag, engine, config, on_result, bag.image, progress, references or ()
+            )
         except ValueError as err:
             print(f"\nsmolvlm-replay: {err}", file=sys.stderr)
             return 2
@@ -139,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
 def _live(args: argparse.Namespace, references) -> int:
     """--live: the running node does the work; we play the bag and record."""
     from smolvlm_ros.replay.live import replay_live
+
+    if references and any(ref.question is not None for ref in references):
+        print(
+            "note: --live: the node asks its own questions parameter, not the references'; "
+            "reference questions it does not ask are counted as missing",
+            file=sys.stderr,
+        )
 
     args.out.mkdir(parents=True, exist_ok=True)
     bag = ResultBag(args.out / "bag")
@@ -168,11 +227,18 @@ def _live(args: argparse.Namespace, references) -> int:
 
 def _finish(args, references, stats, records: list[dict], summary: dict) -> int:
     """Scores (if references), results.jsonl, summary.json, report.html."""
+    checked: Preflight = args.preflight
+    summary["bag_notes"] = checked.notes
     if references is not None:
         scores = score(records, references, stats.frame_stamps)
         for index, record_scores in scores.per_record.items():
             records[index]["scores"] = record_scores
         summary["scores"] = {k: v for k, v in vars(scores).items() if k != "per_record"}
+        summary["references"] = {
+            "given": checked.given,
+            "matched": len(references),
+            "unmatched": checked.unmatched,
+        }
     jsonl = JsonlWriter(args.out / "results.jsonl")
     for record in records:
         jsonl.write(record)

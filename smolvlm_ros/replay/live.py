@@ -23,15 +23,15 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.serialization import serialize_message
-from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 from rosgraph_msgs.msg import Clock
 
 from smolvlm_ros.engine.types import ANSWER, CAPTION, Result, Timing
 from smolvlm_ros.msg import Caption, VqaAnswer
 from smolvlm_ros.pipeline.intake import NS_PER_S, stamp_fields, stamp_to_ns
+from smolvlm_ros.replay.bags import BagReader, image_connections
 from smolvlm_ros.replay.outputs import result_record
-from smolvlm_ros.replay.run import ReplayStats, image_topics
+from smolvlm_ros.replay.run import ReplayStats
 
 # Called for each message published: (connection, bag time ns, CDR bytes).
 MessageHook = Callable[[object, int, bytes], None]
@@ -63,8 +63,8 @@ def play_images(
         raise ValueError(f"rate must be > 0, got {rate}")
     count = 0
     clock_pub = node.create_publisher(Clock, "/clock", 10) if clock else None
-    with AnyReader([Path(bag)]) as reader:
-        connections = image_topics(reader, tuple(topics))
+    with BagReader(Path(bag)) as reader:
+        connections = image_connections(reader, tuple(topics))
         publishers = {
             c.topic: node.create_publisher(
                 message_class(c.msgtype), c.topic, qos_profile_sensor_data
@@ -86,9 +86,10 @@ def play_images(
                 time.sleep(delay)
             if clock_pub is not None:
                 clock_pub.publish(Clock(clock=Time(**stamp_fields(log_ns))))
-            publishers[connection.topic].publish(bytes(raw))
+            cdr = reader.cdr(raw, connection)  # ROS 1 bags: converted, as ros2 bag play would
+            publishers[connection.topic].publish(bytes(cdr))
             if on_message is not None:
-                on_message(connection, log_ns, bytes(raw))
+                on_message(connection, log_ns, bytes(cdr))
             count += 1
         for publisher in publishers.values():
             node.destroy_publisher(publisher)

@@ -96,9 +96,24 @@ class ResultBag:
             msg = t["smolvlm_ros/msg/VqaAnswer"](
                 header=header, camera=result.camera, question=result.prompt,
                 answer=result.text, provenance=provenance, timing=timing,
+                **self._typed_fields(result),
             )  # fmt: skip
             typename, connection = "smolvlm_ros/msg/VqaAnswer", self._answer
         self._writer.write(connection, publish_ns, self.typestore.serialize_cdr(msg, typename))
+
+    def _typed_fields(self, result: Result) -> dict:
+        """VqaAnswer's typed-answer fields, as the node fills them (a text answer: type "text",
+        zeros); only those the message definition in use has."""
+        typed = getattr(result, "typed", None)
+        values = {
+            "answer_type": typed.type if typed else "text",
+            "yes": bool(typed.yes) if typed else False,
+            "count": int(typed.count) if typed else 0,
+            "choice": typed.choice if typed else "",
+            "confidence": float(typed.confidence) if typed else 0.0,
+        }
+        fields = {name for name, _ in self.typestore.fielddefs["smolvlm_ros/msg/VqaAnswer"][1]}
+        return {name: value for name, value in values.items() if name in fields}
 
     def close(self) -> None:
         self._writer.close()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from rosbags.highlevel import AnyReader
 
-from smolvlm_ros.pipeline.intake import message_to_rgb, stamp_to_ns
+from smolvlm_ros.pipeline.intake import ImageDecodeError, message_to_rgb, stamp_to_ns
+from smolvlm_ros.replay.bags import BagReader
 
 THUMB_WIDTH = 240
 MAX_FRAMES = 300  # a page, not a video: enough to read through
@@ -21,15 +21,20 @@ MAX_FRAMES = 300  # a page, not a video: enough to read through
 def thumbnails(bag: Path, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
     """JPEG data URIs of the frames (camera, stamp ns) the results are about."""
     out: dict[tuple[str, int], str] = {}
-    with AnyReader([Path(bag)]) as reader:
+    with BagReader(Path(bag)) as reader:
         topics = {camera for camera, _ in wanted}
         connections = [c for c in reader.connections if c.topic in topics]
+        if not connections:
+            return out
         for connection, _, raw in reader.messages(connections=connections):
-            msg = reader.deserialize(raw, connection.msgtype)
+            msg = reader.deserialize(raw, connection)
             key = (connection.topic, stamp_to_ns(msg.header.stamp))
             if key not in wanted or key in out:
                 continue
-            rgb = message_to_rgb(msg)
+            try:
+                rgb = message_to_rgb(msg)
+            except ImageDecodeError:  # counted in the run already; the page shows no picture
+                continue
             height = round(rgb.shape[0] * THUMB_WIDTH / rgb.shape[1])
             small = cv2.resize(rgb, (THUMB_WIDTH, height), interpolation=cv2.INTER_AREA)
             ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
@@ -129,6 +134,21 @@ def write_report(path: Path, bag: Path, summary: dict, records: list[dict]) -> N
         f", first {MAX_FRAMES}" if len(captions) == MAX_FRAMES else ""
     )
     score_table = _table(scores.items()) if scores else "<p>No references given.</p>"
+    unmatched = (summary.get("references") or {}).get("unmatched") or []
+    if unmatched:  # a typo in a camera or stamp must not pass for a score over fewer frames
+        rows = "".join(
+            f"<tr><td>{u['line']}</td><td>{html.escape(u['camera'])}</td>"
+            f"<td>{html.escape(u['at'])}</td><td>{html.escape(u['reason'])}</td></tr>"
+            for u in unmatched
+        )
+        score_table += (
+            f'<h3 class="warning">{len(unmatched)} references match no frame (not scored)</h3>'
+            "<table><tr><th>line</th><th>camera</th><th>at</th><th>why</th></tr>"
+            f"{rows}</table>"
+        )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in summary.get("bag_notes") or [])
+    if notes:
+        run_table += f"<h3>Bag notes</h3><ul>{notes}</ul>"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>smolvlm replay: {html.escape(str(bag))}</title>
 <style>

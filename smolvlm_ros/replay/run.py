@@ -13,19 +13,20 @@ Two modes:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rosbags.highlevel import AnyReader
-
 from smolvlm_ros.compat import StrEnum
 from smolvlm_ros.engine import Engine, Result
+from smolvlm_ros.engine.types import Frame
 from smolvlm_ros.pipeline.change import ChangeGate
-from smolvlm_ros.pipeline.intake import IMAGE_TYPES, NS_PER_S, stamp_to_ns
+from smolvlm_ros.pipeline.intake import NS_PER_S, stamp_to_ns
 from smolvlm_ros.pipeline.runner import CaptionSettings, JobRunner, ReceivedImage
 from smolvlm_ros.pipeline.scheduler import CameraConfig, CameraStats, FrameScheduler, ManualClock
+from smolvlm_ros.replay.bags import BagReader, image_connections
+from smolvlm_ros.replay.scoring import Reference
 
 
 class Mode(StrEnum):
@@ -74,21 +75,59 @@ class ReplayStats:
     frame_stamps: dict[str, list[int]] = field(default_factory=dict)
 
 
-def image_topics(reader: AnyReader, wanted: tuple[str, ...]) -> list:
-    """The bag's image connections, or the requested topics (with a clear error if missing)."""
-    images = [c for c in reader.connections if c.msgtype in IMAGE_TYPES]
-    available = sorted({c.topic for c in images})
-    if not wanted:
-        if not images:
-            raise ValueError("the bag has no sensor_msgs Image or CompressedImage topics")
-        return images
-    missing = [t for t in wanted if t not in available]
-    if missing:
-        raise ValueError(
-            f"topic(s) {', '.join(missing)} not in the bag; its image topics: "
-            f"{', '.join(available) or 'none'}"
-        )
-    return [c for c in images if c.topic in wanted]
+def image_topics(reader: BagReader, wanted: tuple[str, ...]) -> list:
+    """The bag's image connections, or the requested topics (kept for existing callers)."""
+    return image_connections(reader, wanted)
+
+
+class FrameQuestions:
+    """The reference questions to ask about each frame, found by camera and frame index or
+    header stamp as the bag is read (frame indices need no second pass over the bag)."""
+
+    def __init__(self, references: Sequence[Reference] = ()) -> None:
+        self._by_index: dict[tuple[str, int], list[str]] = {}
+        self._by_stamp: dict[tuple[str, int], list[str]] = {}
+        for ref in references:
+            if ref.question is None:
+                continue
+            if ref.frame is not None:
+                self._by_index.setdefault((ref.camera, ref.frame), []).append(ref.question)
+            else:
+                self._by_stamp.setdefault((ref.camera, ref.stamp), []).append(ref.question)
+        # (camera, stamp ns) of a frame read -> its questions, looked up when it is captioned
+        self.asked: dict[tuple[str, int], tuple[str, ...]] = {}
+
+    def frame_read(self, camera: str, index: int, stamp_ns: int) -> None:
+        questions = [
+            *self._by_index.get((camera, index), ()),
+            *self._by_stamp.get((camera, stamp_ns), ()),
+        ]
+        if questions:
+            before = self.asked.get((camera, stamp_ns), ())
+            self.asked[(camera, stamp_ns)] = tuple(dict.fromkeys((*before, *questions)))
+
+    def about(self, frame: Frame) -> tuple[str, ...]:
+        return self.asked.get((frame.camera, frame.stamp_ns), ())
+
+
+class ReplayRunner(JobRunner):
+    """The node's job runner, asking each captioned frame its reference questions too (after
+    the standing ones, in the same pass over the cached image: no second vision pass)."""
+
+    def __init__(self, *args: Any, frame_questions: FrameQuestions, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.frame_questions = frame_questions
+
+    def _standing_answers(self, frame: Frame, cameras: list[str]) -> list[Result]:
+        standing = self.captions
+        extra = tuple(q for q in self.frame_questions.about(frame) if q not in standing.questions)
+        if not extra:
+            return super()._standing_answers(frame, cameras)
+        self.captions = replace(standing, questions=(*standing.questions, *extra))
+        try:
+            return super()._standing_answers(frame, cameras)
+        finally:
+            self.captions = standing
 
 
 def replay(
@@ -98,13 +137,16 @@ def replay(
     on_result: Callable[[Result, int], None],
     on_image: Callable[[Any, int, bytes], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    references: Sequence[Reference] = (),
 ) -> ReplayStats:
     """Replay ``bag``; ``on_result(result, publish_ns)`` gets every caption and answer with the
-    bag time it would have been published at; ``on_image(connection, log_ns, raw)`` every
-    input image message (to copy them into an output bag); ``progress(done, total)``."""
+    bag time it would have been published at; ``on_image(connection, log_ns, cdr)`` every
+    input image message as ROS 2 CDR (to copy them into an output bag); ``progress(done,
+    total)``. Each captioned frame is also asked the questions of ``references`` about it."""
     config.validate()
-    with AnyReader([Path(bag)]) as reader:
-        connections = image_topics(reader, config.topics)
+    frame_questions = FrameQuestions(references)
+    with BagReader(Path(bag)) as reader:
+        connections = image_connections(reader, config.topics)
         cameras = sorted({c.topic for c in connections})
         clock = ManualClock()  # the bag's time, in seconds
         rate = config.caption_rate_hz if config.mode == Mode.LIVE else 1e9
@@ -114,12 +156,13 @@ def replay(
             max_batch=config.max_batch,
             clock=clock,
         )
-        runner = JobRunner(
+        runner = ReplayRunner(
             engine,
             scheduler,
             to_frame=ReceivedImage.to_frame,
             captions=config.captions,
             change_gate=ChangeGate(config.change_threshold),
+            frame_questions=frame_questions,
         )
         stats = ReplayStats()
         busy_until = float("-inf")  # live mode: bag time at which the worker is free again
@@ -148,13 +191,15 @@ def replay(
             t = log_ns / NS_PER_S
             work_until(t)
             clock.now = t
-            msg = reader.deserialize(raw, connection.msgtype)
+            msg = reader.deserialize(raw, connection)
             stamp_ns = stamp_to_ns(msg.header.stamp)
-            stats.frame_stamps.setdefault(connection.topic, []).append(stamp_ns)
+            seen = stats.frame_stamps.setdefault(connection.topic, [])
+            frame_questions.frame_read(connection.topic, len(seen), stamp_ns)
+            seen.append(stamp_ns)
             item = ReceivedImage(connection.topic, msg)
             scheduler.offer(connection.topic, item, stamp_ns / NS_PER_S)
             if on_image is not None:
-                on_image(connection, log_ns, raw)
+                on_image(connection, log_ns, reader.cdr(raw, connection))
             stats.frames += 1
             if config.mode == Mode.EVERY:
                 work_until(t)

@@ -42,6 +42,10 @@ class Reference:
     question: str | None = None
     answers: tuple[str, ...] = ()
     captions: tuple[str, ...] = ()
+    line: int = 0  # in the references file, to name it when it matches nothing
+
+    def where(self) -> str:
+        return f"frame {self.frame}" if self.frame is not None else f"stamp {self.stamp}"
 
 
 def normalize_answer(text: str) -> str:
@@ -99,9 +103,40 @@ def load_references(path: Path) -> list[Reference]:
                 question=item["question"].strip() if has_question else None,
                 answers=tuple(texts) if has_question else (),
                 captions=() if has_question else tuple(texts),
+                line=number,
             )
         )
     return references
+
+
+def match_references(
+    references: list[Reference],
+    frame_counts: dict[str, int],
+    stamps: dict[str, set[int]] | None,
+) -> tuple[list[Reference], list[dict]]:
+    """Split ``references`` into those that name a replayed frame and those that do not (each
+    with the reason), before anything runs: a typo in a camera name or an off-by-one stamp would
+    otherwise only show up as a score computed over fewer frames than meant.
+
+    ``frame_counts``: replayed camera -> its messages in the bag; ``stamps``: camera -> its
+    header stamps, needed only when a reference gives a ``stamp``.
+    """
+    matched: list[Reference] = []
+    unmatched: list[dict] = []
+    for ref in references:
+        if ref.camera not in frame_counts:
+            reason = f"camera not replayed (image topics: {', '.join(sorted(frame_counts))})"
+        elif ref.frame is not None and ref.frame >= frame_counts[ref.camera]:
+            reason = f"the camera has {frame_counts[ref.camera]} frames (0 to n-1)"
+        elif ref.stamp is not None and ref.stamp not in (stamps or {}).get(ref.camera, ()):
+            reason = "no frame of the camera has this header stamp"
+        else:
+            matched.append(ref)
+            continue
+        unmatched.append(
+            {"line": ref.line, "camera": ref.camera, "at": ref.where(), "reason": reason}
+        )
+    return matched, unmatched
 
 
 @dataclass
