@@ -85,6 +85,7 @@ class BagReader:
         self.notes: list[str] = []
         self.store = Stores.EMPTY
         self.typestore: Any = None
+        self._ros2_store: Any = None
 
     def __enter__(self) -> BagReader:
         try:
@@ -113,7 +114,7 @@ class BagReader:
             listed = ", ".join(f"{topic} ({msgtype})" for topic, msgtype in skipped[:6])
             more = f" and {len(skipped) - 6} more" if len(skipped) > 6 else ""
             self.notes.append(f"not images, not read: {listed}{more}")
-        distro = None if self.ros1 else getattr(self._reader.storage.metadata, "ros_distro", None)
+        distro = None if self.ros1 else self._reader.ros_distro
         self.store = _store_for(distro, self.ros1)
         types = dict(get_typestore(self.store).fielddefs)
         fallback_for: set[str] = set()
@@ -157,9 +158,13 @@ class BagReader:
 
     def cdr(self, raw: bytes, connection: Any) -> bytes:
         """The message as ROS 2 CDR (ROS 1 messages converted, header.seq dropped)."""
-        if self.ros1:
-            return bytes(self.typestore.ros1_to_cdr(raw, connection.msgtype))
-        return raw
+        if not self.ros1:
+            return raw
+        # rosbags converts against ROS 2 definitions (it skips the ROS 1 header's seq itself);
+        # an Image and a CompressedImage are laid out alike in both but for that header.
+        if self._ros2_store is None:
+            self._ros2_store = get_typestore(FALLBACK_ROS2)
+        return bytes(self._ros2_store.ros1_to_cdr(raw, connection.msgtype))
 
 
 def image_connections(reader: BagReader, wanted: tuple[str, ...]) -> list:
