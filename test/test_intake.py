@@ -72,6 +72,51 @@ def test_colour_encodings_round_trip_exactly(photos, encoding, to_message, pad):
     assert np.array_equal(message_to_rgb(image(to_message(rgb), encoding, pad=pad)), rgb)
 
 
+@pytest.mark.parametrize(
+    ("encoding", "to_message"),
+    [
+        ("8UC3", lambda rgb: cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)),
+        ("8UC4", lambda rgb: cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)),
+    ],
+)
+@pytest.mark.parametrize("pad", [0, 64])
+def test_opencv_8bit_colour_types_are_bgr_like_cv_bridge(photos, encoding, to_message, pad):
+    """cv_bridge (so cv2-based drivers publishing "8UC3") means OpenCV's BGR / BGRA order."""
+    rgb = photos["coffee"]
+    assert np.array_equal(message_to_rgb(image(to_message(rgb), encoding, pad=pad)), rgb)
+
+
+# Every layout family: packed colour and grey, 16-bit, depth, float, 4:2:2, 4:2:0, Bayer.
+SIZED_ENCODINGS = [
+    ("rgb8", 3), ("bgr8", 3), ("rgba8", 4), ("bgra8", 4), ("mono8", 1), ("mono16", 2),
+    ("16UC1", 2), ("32FC1", 4), ("8UC3", 3), ("8UC4", 4), ("32FC3", 12), ("rgb16", 6),
+    ("yuv422", 2), ("uyvy", 2), ("yuyv", 2), ("bayer_rggb8", 1), ("bayer_bggr16", 2),
+    ("nv12", None), ("nv21", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("encoding", "bytes_per_pixel"), SIZED_ENCODINGS)
+@pytest.mark.parametrize("change", [-1, 1, "one row short", "one row long"])
+def test_data_of_the_wrong_size_is_refused_for_every_encoding(encoding, bytes_per_pixel, change):
+    """Data must be exactly step*height (x1.5 for 4:2:0): a frame whose size fields or encoding
+    do not match its bytes is refused, never rendered from a guess (a right-sized one is not)."""
+    height, width = 4, 8
+    step = width * bytes_per_pixel if bytes_per_pixel else width
+    rows = height * 3 // 2 if bytes_per_pixel is None else height
+    right = bytes(range(256)) * (step * rows // 256 + 1)
+    msg = plain(
+        height=height, width=width, encoding=encoding, is_bigendian=0, step=step,
+        data=np.frombuffer(right[: step * rows], np.uint8),
+    )  # fmt: skip
+    assert message_to_rgb(msg).shape == (height, width, 3)
+    size = step * rows + (
+        change if isinstance(change, int) else step * (1 if "long" in change else -1)
+    )
+    msg.data = np.frombuffer((right * 2)[:size], np.uint8)
+    with pytest.raises(ImageDecodeError, match=f"image data has {size} bytes, expected"):
+        message_to_rgb(msg)
+
+
 def test_mono8_becomes_grey_rgb(photos):
     grey = cv2.cvtColor(photos["coffee"], cv2.COLOR_RGB2GRAY)
     assert np.array_equal(

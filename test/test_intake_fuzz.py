@@ -147,7 +147,7 @@ def test_any_image_gives_rgb_of_its_size_or_image_decode_error(msg):
         msg.encoding in RENDERED
         and well_formed(msg.encoding, msg.width, msg.height)
         and msg.step >= row_bytes
-        and len(msg.data) >= msg.step * rows
+        and len(msg.data) == msg.step * rows
     )
     if valid:  # and it does not refuse what it claims to support
         assert out is not None, msg

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import yaml
 from rosbags.highlevel import AnyReader, AnyReaderError
@@ -226,3 +227,38 @@ def test_a_bag_that_is_no_bag_is_refused_clearly(tmp_path):
     broken.write_bytes(b"#ROSBAG V2.0\n" + bytes(100))
     done = run_replay(broken, tmp_path / "out2")
     assert done.returncode == 2 and f"cannot read {broken}" in done.stderr, done.stderr
+
+
+def test_8uc3_reads_as_bgr_and_a_wrong_size_frame_is_a_counted_drop(tmp_path):
+    """Three frames of one camera: the photograph as bgr8, the same bytes as 8UC3 (cv_bridge's
+    reading: BGR), and an NV21 frame with 7 bytes too many, refused and counted."""
+    typestore = get_typestore(Stores.LATEST)
+    t = typestore.types
+    bgr = cv2.cvtColor(photo("coffee"), cv2.COLOR_RGB2BGR)
+    height, width = bgr.shape[:2]
+    frames = [
+        ("bgr8", width * 3, bgr.reshape(-1)),
+        ("8UC3", width * 3, bgr.reshape(-1)),
+        ("nv21", width, np.zeros(width * height * 3 // 2 + 7, np.uint8)),
+    ]
+    bag = tmp_path / "bag"
+    with Writer(bag, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
+        cam = writer.add_connection("/cam/image_raw", "sensor_msgs/msg/Image", typestore=typestore)
+        for i, (encoding, step, data) in enumerate(frames):
+            stamp = BAG_START_NS + i * 500_000_000
+            msg = t["sensor_msgs/msg/Image"](
+                header=t["std_msgs/msg/Header"](
+                    stamp=t["builtin_interfaces/msg/Time"](**stamp_fields(stamp)), frame_id="cam"
+                ),
+                height=height, width=width, encoding=encoding, is_bigendian=0, step=step,
+                data=data,
+            )  # fmt: skip
+            writer.write(cam, stamp, typestore.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+    out = tmp_path / "out"
+    done = run_replay(bag, out)
+    assert done.returncode == 0, done.stderr
+    texts = [text for _, _, text in captions(out)]
+    assert len(texts) == 2 and texts[0] == texts[1]  # same pixels, same words
+    stats = json.loads((out / "summary.json").read_text())["cameras"]["/cam/image_raw"]
+    assert (stats["received"], stats["captioned"]) == (3, 2)
+    assert stats["dropped"] == {"decode_error": 1}

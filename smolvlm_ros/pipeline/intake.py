@@ -52,6 +52,9 @@ header declares, read without decoding.
 
 # Two pixels share one U and one V sample, so a row holds an even number of pixels.
 _YUV422 = frozenset({"uyvy", "yuv422", "yuyv", "yuv422_yuy2"})
+# OpenCV-style 8-bit colour types carry no channel order; cv_bridge (and so every ROS image
+# tool) takes them as OpenCV's own, BGR and BGRA. rosbags-image would take 8UC3 as RGB.
+_OPENCV_BGR = frozenset({"8UC3", "8UC4"})
 # 4:2:0 semi-planar: a full-size Y plane, then a half-height plane of interleaved chroma.
 _YUV420 = {"nv12": cv2.COLOR_YUV2RGB_NV12, "nv21": cv2.COLOR_YUV2RGB_NV21}
 # What a CompressedImage may hold, by Pillow's name: ROS's image_transport codecs (jpeg, png,
@@ -229,7 +232,7 @@ def _pixels(msg: Any, encoding: str, width: int, height: int) -> np.ndarray:
         )
     expected = step * layout.rows
     data = _byte_array(_field(msg, "data"), "image data")
-    if data.size < expected:
+    if data.size != expected:  # too long is as wrong as too short: sizes or encoding lie
         formula = "step*height*3/2" if layout.rows != height else "step*height"
         raise ImageDecodeError(f"image data has {data.size} bytes, expected {formula} = {expected}")
     packed = data[:expected].reshape(layout.rows, step)[:, : layout.row_bytes]
@@ -267,6 +270,8 @@ def _colour_to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
     """
     if pixels.dtype.kind == "f":
         pixels = np.clip(np.nan_to_num(pixels, nan=0.0, posinf=255.0, neginf=0.0), 0.0, 255.0)
+    if encoding in _OPENCV_BGR:  # cv_bridge reads these as BGR / BGRA (OpenCV's own order)
+        return np.ascontiguousarray(pixels[..., 2::-1])
     try:
         return convert_color(pixels, encoding, "rgb8")
     except (ImageError, cv2.error, ValueError, TypeError) as err:
