@@ -62,7 +62,7 @@ def test_the_table_changes_when_the_schema_does(monkeypatch):
         ({"caption_rate_hz": math.nan}, "caption_rate_hz nan: must be a finite number"),
         ({"caption_rate_hz": -1}, "caption_rate_hz -1.0: expected 0-1000"),
         ({"device": "gpu"}, "device 'gpu': expected one of auto, cpu, cuda"),
-        ({"backend": "tensorrt"}, "backend 'tensorrt': expected one of auto, torch"),
+        ({"backend": "tensorrt"}, "backend 'tensorrt': expected one of auto, openvino, torch"),
         ({"mosaic": "true"}, "mosaic must be true or false, got 'true'"),
         ({"image_topics": "/cam"}, "image_topics must be a list, got '/cam'"),
         ({"image_topics": []}, "image_topics must list at least one topic"),
@@ -132,7 +132,8 @@ def _bench_args(tmp_path: Path, *flags: str):
 FRONT_ENDS = {"replay": _replay_args, "bench": _bench_args}
 EVERY_ENGINE_AND_TILING_FLAG = [
     "--model", "random:tiny", "--backend", "torch", "--device", "cpu", "--dtype", "float32",
-    "--compile", "off", "--image-splitting", "--image-longest-edge", "1024", "--max-tiles", "4",
+    "--compile", "off", "--cpu-threads", "3", "--quantization", "int8", "--image-splitting",
+    "--image-longest-edge", "1024", "--max-tiles", "4",
     "--max-image-tokens", "640", "--allow-upsampling",
 ]  # fmt: skip
 
@@ -141,13 +142,15 @@ EVERY_ENGINE_AND_TILING_FLAG = [
 def test_every_engine_and_tiling_setting_is_a_flag(tmp_path, front_end):
     settings = FRONT_ENDS[front_end](tmp_path, *EVERY_ENGINE_AND_TILING_FLAG).settings
     assert {name for name in names_in(Group.ENGINE, Group.TILING)} == {
-        "model", "backend", "device", "dtype", "compile", "image_splitting",
-        "image_longest_edge", "max_tiles", "max_image_tokens", "allow_upsampling",
+        "model", "backend", "device", "dtype", "compile", "cpu_threads", "quantization",
+        "image_splitting", "image_longest_edge", "max_tiles", "max_image_tokens",
+        "allow_upsampling",
     }  # fmt: skip
     config = settings.engine_config()
     assert (config.model, config.backend, config.device, config.dtype, config.compile) == (
         "random:tiny", "torch", "cpu", "float32", "off",
     )  # fmt: skip
+    assert (config.cpu_threads, config.quantization) == (3, "int8")
     tiling = config.tiling
     assert tiling.image_splitting and tiling.allow_upsampling
     assert (tiling.longest_edge, tiling.max_tiles, tiling.max_image_tokens) == (1024, 4, 640)

@@ -83,6 +83,8 @@ class EngineConfig:
     sampling: Sampling = field(default_factory=Sampling)
     embedding_cache_size: int = DEFAULT_EMBEDDING_CACHE  # 0: off
     compile: str = "auto"  # compile the decode step (backends that can): auto | on | off
+    cpu_threads: int = 0  # runtimes that take a thread count (openvino); 0: the usable cores
+    quantization: str = "none"  # backends that offer it (openvino): none | int8
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,12 @@ class Engine:
         if dtype not in choice.spec.dtypes:  # dtype auto, and the backend does not run that one
             dtype = choice.spec.dtypes[0]
         loaded = load_model(config.model, device=device, dtype=dtype)
-        backend = choice.spec.build(loaded, BackendOptions(compile=config.compile))
+        options = BackendOptions(
+            compile=config.compile,
+            cpu_threads=config.cpu_threads,
+            quantization=config.quantization,
+        )
+        backend = choice.spec.build(loaded, options)
         return cls(
             loaded, backend, config.tiling, config.sampling, config.embedding_cache_size, choice
         )

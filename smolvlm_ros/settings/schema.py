@@ -23,7 +23,7 @@ from smolvlm_ros.engine import (
     TilingConfig,
     TilingError,
 )
-from smolvlm_ros.engine.backends.base import COMPILE_MODES
+from smolvlm_ros.engine.backends.base import COMPILE_MODES, QUANTIZATIONS
 from smolvlm_ros.engine.backends.registry import backend_names
 from smolvlm_ros.engine.engine import DEFAULT_EMBEDDING_CACHE
 from smolvlm_ros.models.loading import DEFAULT_MODEL, DEVICES, DTYPES
@@ -196,6 +196,19 @@ class Settings:
         "becomes a CUDA graph (compiled and captured at start-up, cached on disk); `off`: "
         "eager, the fallback if compilation fails on a platform",
         E, choices=COMPILE_MODES,
+    )  # fmt: skip
+    cpu_threads: int = _s(
+        0,
+        "threads of the CPU runtime (backend `openvino`); `0`: the cores this process may use "
+        "(its CPU affinity)",
+        E, minimum=0, maximum=1024,
+    )  # fmt: skip
+    quantization: str = _s(
+        "none",
+        "`int8` (backend `openvino`): int8 decoder weights and an int8 vision encoder "
+        "calibrated on real photographs (faster; accuracy cost in the README); `none`: the "
+        "compute dtype throughout",
+        E, choices=QUANTIZATIONS,
     )  # fmt: skip
     image_splitting: bool = _s(
         False,
@@ -379,6 +392,8 @@ class Settings:
             device=self.device,
             dtype=self.dtype,
             compile=self.compile,
+            cpu_threads=self.cpu_threads,
+            quantization=self.quantization,
             tiling=self.tiling(),
             # A batch of cameras with standing questions reuses every frame's encoding.
             embedding_cache_size=max(DEFAULT_EMBEDDING_CACHE, self.max_batch),

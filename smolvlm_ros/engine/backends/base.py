@@ -45,6 +45,7 @@ class Sampling:
 
 
 COMPILE_MODES = ("auto", "on", "off")
+QUANTIZATIONS = ("none", "int8")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class BackendOptions:
     # Compile the decode step: auto (where it pays: CUDA), on, off. Eager is the fallback when
     # a compiler is missing or misbehaves on a platform.
     compile: str = "auto"
+    # Threads of runtimes that take a count (openvino); 0: the cores this process may use.
+    cpu_threads: int = 0
+    # Quantisation, for backends that offer it (openvino): none | int8.
+    quantization: str = "none"
 
 
 @dataclass(frozen=True)
