@@ -6,6 +6,7 @@ and calls like any other ROS 2 node would.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import time
@@ -144,8 +145,28 @@ def test_typed_answers_over_dds(ros, running_node, photos):
     choice = typed("choice", "Which drink is it?", ("coffee", "tea", "orange juice"))
     assert choice.choice in ("coffee", "tea", "orange juice") and choice.answer == choice.choice
     assert 1 / 3 <= choice.confidence <= 1.0
+    schema = {
+        "type": "object",
+        "properties": {"cups": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["cups"],
+        "additionalProperties": False,
+    }
+    request = AskQuestion.Request(
+        question="Count the cups.",
+        image=image,
+        answer_type="json",
+        json_schema=json.dumps(schema),
+        max_new_tokens=40,
+    )
+    response = ros.call(ask, request)
+    assert response.success, response.error
+    assert set(json.loads(response.answer.json)) == {"cups"} and 0 < response.answer.confidence <= 1
+    request.max_new_tokens = 2  # too few for any object: refused, with the fix
+    response = ros.call(ask, request)
+    assert not response.success and "no complete json answer" in response.error
+    assert "raise max_new_tokens" in response.error
     text = typed("text", "What is it?")
-    assert (text.yes, text.count, text.choice, text.confidence) == (False, 0, "", 0.0)
+    assert (text.yes, text.count, text.choice, text.json, text.confidence) == (False, 0, "", "", 0)
 
 
 @pytest.mark.parametrize(
@@ -154,6 +175,7 @@ def test_typed_answers_over_dds(ros, running_node, photos):
         ({"question": "   "}, "question is empty"),
         ({"question": "Which?", "answer_type": "choice", "options": ["A"]}, "at least two"),
         ({"question": "Open?", "answer_type": "maybe"}, "answer_type 'maybe': expected one of"),
+        ({"question": "Door?", "answer_type": "json", "json_schema": "{x"}, "is not JSON"),
         ({"question": "What?", "camera": "/no/such/camera"}, "unknown camera '/no/such/camera'"),
         ({"question": "What?", "max_new_tokens": 100000}, "max_new_tokens 100000"),
     ],

@@ -28,7 +28,7 @@ def test_interfaces_have_the_documented_fields():
     }  # fmt: skip
     assert set(VqaAnswer.get_fields_and_field_types()) == {
         "header", "camera", "question", "answer", "answer_type", "yes", "count", "choice",
-        "confidence", "provenance", "timing",
+        "json", "confidence", "provenance", "timing",
     }  # fmt: skip
     assert {"model", "backend", "device", "prompt", "tile_rows", "tile_cols", "tiling_note"} <= set(
         Provenance.get_fields_and_field_types()
@@ -46,6 +46,7 @@ def test_interfaces_have_the_documented_fields():
         "timeout_s": "double",
         "answer_type": "string",
         "options": "sequence<string>",
+        "json_schema": "string",
     }
     assert AskQuestion.Response.get_fields_and_field_types() == {
         "success": "boolean",

@@ -9,6 +9,9 @@ about how sure the model was. Here the answer's type is part of the question:
   normalised over the options.
 - ``count`` decodes under a digits-only constraint (at least one digit, then digits or the end);
   the confidence is the probability of the digits made, within that constraint.
+- ``json`` decodes under a JSON schema (xgrammar compiles the schema into a token mask per
+  step), and the object is validated against the schema (jsonschema) before it is returned;
+  the confidence is the mean probability of its tokens.
 - ``text`` is the free answer, as before; it has no confidence (0).
 
 Plain Python: the engine does the model work, this module says what each type asks and means.
@@ -16,6 +19,7 @@ Plain Python: the engine does the model work, this module says what each type as
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -34,6 +38,7 @@ class AnswerType(StrEnum):
     YES_NO = "yes_no"
     COUNT = "count"
     CHOICE = "choice"
+    JSON = "json"
 
 
 ANSWER_TYPES = tuple(AnswerType)
@@ -45,18 +50,23 @@ class AnswerSpec:
 
     type: AnswerType = AnswerType.TEXT
     options: tuple[str, ...] = ()
+    schema: str = ""  # json: a JSON schema, as JSON text
 
     @classmethod
-    def parse(cls, type_name: str, options: Sequence[str] = ()) -> AnswerSpec:
+    def parse(cls, type_name: str, options: Sequence[str] = (), schema: str = "") -> AnswerSpec:
         """From what a client sends (an empty type means text); raises ValueError with the fix."""
         name = (type_name or AnswerType.TEXT).strip().lower()
         if name not in ANSWER_TYPES:
             raise ValueError(
                 f"answer_type {type_name!r}: expected one of {', '.join(ANSWER_TYPES)}"
             )
-        return cls(AnswerType(name), tuple(options)).validate()
+        return cls(AnswerType(name), tuple(options), schema.strip()).validate()
 
     def validate(self) -> AnswerSpec:
+        if self.type == AnswerType.JSON:
+            check_schema(self.schema)
+        elif self.schema:
+            raise ValueError(f"json_schema is for answer_type json, not {self.type}")
         if self.type == AnswerType.CHOICE:
             options = [o.strip() for o in self.options]
             if len(options) < 2:
@@ -91,6 +101,8 @@ class AnswerSpec:
             return " Answer with a number."
         if self.type == AnswerType.CHOICE:
             return f" Answer with one of: {', '.join(self.choices)}."
+        if self.type == AnswerType.JSON:
+            return " Answer with a JSON object."
         return ""
 
 
@@ -114,6 +126,10 @@ class TypedAnswer:
     @property
     def choice(self) -> str:
         return str(self.value) if self.type == AnswerType.CHOICE else ""
+
+    @property
+    def json(self) -> str:
+        return self.text if self.type == AnswerType.JSON else ""
 
 
 def pick_option(spec: AnswerSpec, log_probs: Sequence[float]) -> TypedAnswer:
@@ -167,3 +183,96 @@ def parse_count(text: str) -> int:
     if match is None:
         raise ValueError(f"no digits in the count answer {text!r}")
     return int(match.group())
+
+
+JSON_NEEDS = "json answers need xgrammar and jsonschema: pip install -r requirements/answers.txt"
+
+
+def _json_libraries() -> tuple[Any, Any]:
+    try:
+        import jsonschema
+        import xgrammar
+    except ImportError as err:
+        raise ValueError(f"{JSON_NEEDS} ({err})") from None
+    return xgrammar, jsonschema
+
+
+def check_schema(schema: str) -> dict:
+    """The schema as a dict, or ValueError saying what is wrong with it."""
+    if not schema:
+        raise ValueError("answer_type json needs a json_schema")
+    try:
+        parsed = json.loads(schema)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"json_schema is not JSON: {err}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("json_schema must be a JSON object (a JSON Schema)")
+    _, jsonschema = _json_libraries()
+    try:
+        jsonschema.validators.validator_for(parsed).check_schema(parsed)
+    except jsonschema.SchemaError as err:
+        raise ValueError(f"json_schema is not a valid JSON Schema: {err.message}") from None
+    return parsed
+
+
+class JsonGrammars:
+    """Schemas compiled for one tokenizer, kept (compiling takes ~0.3 s; planners reuse a few)."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: Sequence[int]) -> None:
+        xgrammar, _ = _json_libraries()
+        self._xgr = xgrammar
+        info = xgrammar.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(eos_ids)
+        )
+        self._compiler = xgrammar.GrammarCompiler(info)
+        self.vocab_size = vocab_size
+        self._compiled: dict[str, Any] = {}
+
+    def constraint(self, schema: str, rows: int, prompt_len: int) -> JsonConstraint:
+        if schema not in self._compiled:
+            if len(self._compiled) >= 32:
+                self._compiled.clear()
+            # Compact JSON: free whitespace would let a weak model pad until max_new_tokens.
+            self._compiled[schema] = self._compiler.compile_json_schema(
+                schema, any_whitespace=False
+            )
+        return JsonConstraint(self._xgr, self._compiled[schema], rows, prompt_len, self.vocab_size)
+
+
+class JsonConstraint:
+    """Allowed tokens under a compiled schema, per row: a grammar matcher fed each new token."""
+
+    def __init__(self, xgr: Any, grammar: Any, rows: int, prompt_len: int, vocab: int) -> None:
+        import torch
+
+        self._torch = torch
+        self.matchers = [xgr.GrammarMatcher(grammar) for _ in range(rows)]
+        self.fed = [0] * rows
+        self.prompt_len = prompt_len
+        self.vocab = vocab
+        self._bitmask = xgr.allocate_token_bitmask(1, vocab)
+        self._bits = torch.arange(32, dtype=torch.int32)
+
+    def __call__(self, row: int, input_ids: Any) -> Any:
+        matcher = self.matchers[row]
+        for token in input_ids[self.prompt_len + self.fed[row] :].tolist():
+            if not matcher.is_terminated():
+                matcher.accept_token(token)
+            self.fed[row] += 1
+        if matcher.is_terminated():  # the row has ended: whatever follows is padding
+            return self._torch.ones(self.vocab, dtype=self._torch.bool)
+        matcher.fill_next_token_bitmask(self._bitmask)
+        words = self._bitmask[0].to(self._torch.int32)
+        mask = ((words[:, None] >> self._bits) & 1).bool().flatten()
+        return mask[: self.vocab]
+
+
+def parse_json(text: str, schema: str) -> Any:
+    """The answer's object, validated against the schema (ValueError when it is not)."""
+    _, jsonschema = _json_libraries()
+    try:
+        value = json.loads(text)
+        jsonschema.validate(value, json.loads(schema))
+    except (json.JSONDecodeError, jsonschema.ValidationError) as err:
+        raise ValueError(f"the answer is not valid against the schema: {err}") from None
+    return value

@@ -14,6 +14,7 @@ Not thread-safe: one worker drives an engine.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -27,9 +28,11 @@ from smolvlm_ros.engine.answers import (
     AnswerSpec,
     AnswerType,
     CountConstraint,
+    JsonGrammars,
     TypedAnswer,
     count_tokens,
     parse_count,
+    parse_json,
     pick_option,
 )
 from smolvlm_ros.engine.backends.base import (
@@ -177,6 +180,7 @@ class Engine:
         self.max_positions = loaded.model.config.text_config.max_position_embeddings
         self.cache = EmbeddingCache(embedding_cache_size)
         self._count_tokens: tuple[list[int], list[int]] | None = None  # built on first count
+        self._grammars: JsonGrammars | None = None  # built on first json answer
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
 
@@ -225,7 +229,7 @@ class Engine:
             return self.describe_frames([frame], question, ANSWER, **limits)
         if spec.choices:
             return self._ask_options(frame, question, spec, **limits)
-        return self._ask_count(frame, question, spec, **limits)
+        return self._ask_constrained(frame, question, spec, **limits)
 
     def _ask_options(self, frame: Frame, question: str, spec: AnswerSpec, **limits) -> Result:
         """Score every complete option as the answer's start, all in one batched pass over the
@@ -260,9 +264,10 @@ class Engine:
         )  # fmt: skip
         return replace(result, text=typed.text, typed=typed, finish_reason=FINISH_STOP)
 
-    def _ask_count(self, frame: Frame, question: str, spec: AnswerSpec, **limits) -> Result:
-        """Decode under a digits-only constraint; the confidence is the probability of the
-        digits made (within the constraint). No digits (deadline, cancel): ``typed`` is None."""
+    def _ask_constrained(self, frame: Frame, question: str, spec: AnswerSpec, **limits) -> Result:
+        """Decode under the type's constraint: digits only (count; the confidence is the
+        probability of the digits made) or the JSON schema (the mean token probability).
+        An answer cut short (max_new_tokens, deadline, cancel) has ``typed`` None."""
         started, queue_wait_s = time.perf_counter(), _queue_wait([frame])
         lim = Limits(**limits).validate()
         self._require(Capability.CONSTRAINED, spec)
@@ -270,8 +275,11 @@ class Engine:
         (encoded,) = self._encode([frame], lim)
         t0 = time.perf_counter()
         ids = self.prompt_ids(question + spec.instruction(), [encoded.plan])
-        first, rest = self._count_vocabulary()
-        constraint = CountConstraint(first, rest, self.backend.language.eos_ids, len(ids))
+        if spec.type == AnswerType.COUNT:
+            first, rest = self._count_vocabulary()
+            constraint = CountConstraint(first, rest, self.backend.language.eos_ids, len(ids))
+        else:
+            constraint = self._json_grammars().constraint(spec.schema, 1, len(ids))
         tokenize_s = time.perf_counter() - t0
         watch = _StopWatch(lim)
         (generation,) = self._generate(
@@ -281,12 +289,17 @@ class Engine:
             ANSWER, question, [encoded], ids, generation, lim, watch, started, queue_wait_s,
             tokenize_s,
         )  # fmt: skip
-        digits = [t for t in generation.token_ids if t not in self.backend.language.eos_ids]
-        if not digits:
-            return result
-        logprob = sum((generation.token_logprobs or [])[: len(digits)])
-        value = parse_count(result.text)
-        typed = TypedAnswer(spec.type, value, math.exp(logprob), str(value))
+        made = [t for t in generation.token_ids if t not in self.backend.language.eos_ids]
+        logprobs = (generation.token_logprobs or [])[: len(made)]
+        if not made or result.finish_reason != FINISH_STOP:
+            return result  # cut short: no value to stand behind
+        if spec.type == AnswerType.COUNT:
+            value = parse_count(result.text)
+            typed = TypedAnswer(spec.type, value, math.exp(sum(logprobs)), str(value))
+        else:
+            value = parse_json(result.text, spec.schema)
+            mean = sum(math.exp(lp) for lp in logprobs) / len(logprobs)
+            typed = TypedAnswer(spec.type, value, mean, json.dumps(value, ensure_ascii=False))
         return replace(result, text=typed.text, typed=typed)
 
     def _require(self, capability: Capability, spec: AnswerSpec) -> None:
@@ -301,6 +314,12 @@ class Engine:
         is followed by a space, then the answer)."""
         ids = self.tokenizer(" " + text, add_special_tokens=False, return_tensors="pt")
         return ids["input_ids"][0]
+
+    def _json_grammars(self) -> JsonGrammars:
+        if self._grammars is None:
+            vocab = self.loaded.model.config.text_config.vocab_size
+            self._grammars = JsonGrammars(self.tokenizer, vocab, self.backend.language.eos_ids)
+        return self._grammars
 
     def _count_vocabulary(self) -> tuple[list[int], list[int]]:
         if self._count_tokens is None:

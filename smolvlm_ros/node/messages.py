@@ -49,6 +49,7 @@ def to_vqa_answer(result: Result) -> VqaAnswer:
         yes=result.typed.yes if result.typed else False,
         count=result.typed.count if result.typed else 0,
         choice=result.typed.choice if result.typed else "",
+        json=result.typed.json if result.typed else "",
         confidence=result.typed.confidence if result.typed else 0.0,
         provenance=_provenance(result),
         timing=_timing(result),

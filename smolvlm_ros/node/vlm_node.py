@@ -46,7 +46,7 @@ from smolvlm_ros.engine import (
     Engine,
     Result,
 )
-from smolvlm_ros.engine.answers import AnswerSpec
+from smolvlm_ros.engine.answers import AnswerSpec, AnswerType
 from smolvlm_ros.models.loading import ModelLoadError
 from smolvlm_ros.msg import Caption, VqaAnswer
 from smolvlm_ros.node.diagnostics import CaptionRates, LatencyWindow, WorkerHealth, diagnostics
@@ -477,7 +477,14 @@ class VlmNode(LifecycleNode):
         try:
             job = self._question_job(request, request.question)
             await self._wait_for(self._submit(job))
-            response.answer = to_vqa_answer(self._answer_of(job.future))
+            result = self._answer_of(job.future)
+            response.answer = to_vqa_answer(result)
+            if job.answer.type != AnswerType.TEXT and result.typed is None:
+                raise AskError(
+                    f"no complete {job.answer.type} answer: generation ended "
+                    f"({result.finish_reason}) after {len(result.token_ids)} tokens; raise "
+                    "max_new_tokens, or timeout_s"
+                )
             response.success = True
         except AskError as err:
             response.success = False
@@ -565,7 +572,9 @@ class VlmNode(LifecycleNode):
                 "timeout_s", getattr(request, "timeout_s", 0.0), "the node's ask_timeout_s"
             )
             answer = AnswerSpec.parse(
-                getattr(request, "answer_type", ""), list(getattr(request, "options", []))
+                getattr(request, "answer_type", ""),
+                list(getattr(request, "options", [])),
+                getattr(request, "json_schema", ""),
             )
         except ValueError as err:  # RequestError, or an answer type / options a client got wrong
             raise AskError(str(err)) from None

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 TokenCallback = Callable[[int], None]
 # Polled between tokens; True ends the generation early (cancel, deadline, shutdown).
 StopCheck = Callable[[], bool]
-# (row index, that row's token ids so far as a 1-D tensor) -> token ids allowed next.
+# (row index, that row's token ids so far as a 1-D tensor) -> the tokens allowed next: a list of
+# ids, or a boolean mask over the vocabulary.
 AllowedTokens = Callable[[int, Any], list[int]]
 
 

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import torch
+from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -133,6 +134,33 @@ def chosen_logprobs(scores: tuple[torch.Tensor, ...], tokens: torch.Tensor) -> l
     return torch.stack(per_step, dim=1).tolist() if per_step else [[] for _ in tokens]
 
 
+def allowed_bias(allowed: Any, vocab: int, device: Any) -> torch.Tensor:
+    """0 for allowed tokens, -inf for the rest; ``allowed`` is a list of ids or a boolean mask
+    over (at least) the vocabulary, as a constraint returns it."""
+    bias = torch.full((vocab,), float("-inf"), device=device)
+    if isinstance(allowed, torch.Tensor) and allowed.dtype == torch.bool:
+        bias[allowed[:vocab].to(device)] = 0.0
+    else:
+        bias[torch.as_tensor(list(allowed), dtype=torch.long, device=device)] = 0.0
+    return bias
+
+
+class _AllowedTokens(LogitsProcessor):
+    """A request's ``allowed_tokens`` constraint as generate() takes it (ids or a mask)."""
+
+    def __init__(self, allowed: Any) -> None:
+        self.allowed = allowed
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        bias = torch.stack(
+            [
+                allowed_bias(self.allowed(row, ids), scores.shape[-1], scores.device)
+                for row, ids in enumerate(input_ids)
+            ]
+        )
+        return scores + bias
+
+
 class TorchLanguage:
     """SmolLM2 decoder of a loaded Idefics3 model, driven by ``generate``."""
 
@@ -202,7 +230,9 @@ class TorchLanguage:
             min_new_tokens=request.min_new_tokens or None,
             streamer=clock,
             stopping_criteria=stopping,
-            prefix_allowed_tokens_fn=request.allowed_tokens,
+            logits_processor=LogitsProcessorList(
+                [_AllowedTokens(request.allowed_tokens)] if request.allowed_tokens else []
+            ),
             output_scores=request.want_logprobs,
             return_dict_in_generate=True,
             **kwargs,

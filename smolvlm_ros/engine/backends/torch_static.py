@@ -45,7 +45,12 @@ from smolvlm_ros.engine.backends.base import (
     GenerationRequest,
 )
 from smolvlm_ros.engine.backends.registry import BackendError, BackendSpec, Capability, register
-from smolvlm_ros.engine.backends.torch_backend import TorchVision, _sync, score_rows
+from smolvlm_ros.engine.backends.torch_backend import (
+    TorchVision,
+    _sync,
+    allowed_bias,
+    score_rows,
+)
 
 if TYPE_CHECKING:
     from smolvlm_ros.models.loading import LoadedModel
@@ -362,9 +367,7 @@ class _TokenChooser:
         mask = torch.zeros_like(logits)
         for row in range(self.rows):
             so_far = torch.cat([self.prompt[row], self.tokens[row, :step]])
-            allowed = torch.as_tensor(self.allowed(row, so_far), device=logits.device)
-            mask[row].fill_(float("-inf"))
-            mask[row, allowed] = 0.0
+            mask[row] = allowed_bias(self.allowed(row, so_far), logits.shape[-1], logits.device)
         return mask
 
 
