@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,22 @@ EMBEDDINGS = "embeddings.npy"
 
 class ExportError(RuntimeError):
     """The checkpoint could not be exported; the message says why."""
+
+
+INSTALL_HINT = "pip install -r requirements/cpu.txt (or `make cpu-runtime`)"
+
+
+def missing_runtime(quantization: str = "none") -> str | None:
+    """What an export with ``quantization`` needs and is not installed, or None. Looks only."""
+    import importlib.util
+
+    needed = {"openvino": "OpenVINO (openvino)"}
+    if quantization != "none":
+        needed.update(nncf="NNCF (nncf, for int8)", skimage="scikit-image (calibration photos)")
+    missing = [
+        label for module, label in needed.items() if importlib.util.find_spec(module) is None
+    ]
+    return f"{', '.join(missing)} not installed: {INSTALL_HINT}" if missing else None
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,9 @@ def ensure_export(
     loaded: LoadedModel, quantization: str = "none", root: Path | None = None
 ) -> Export:
     """The export of ``loaded`` (built now if missing; concurrent callers wait for one build)."""
+    missing = missing_runtime(quantization)
+    if missing is not None:
+        raise ExportError(missing)
     target = export_path(loaded, quantization, root)
     if is_complete(target):
         return Export(target, read_manifest(target), created=False)
@@ -97,7 +117,9 @@ def ensure_export(
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
         try:
-            details = _build(loaded, tmp) if base is None else _quantize(loaded, base, tmp)
+            with warnings.catch_warnings():  # torch.export's own deprecation noise
+                warnings.filterwarnings("ignore", ".*LeafSpec", FutureWarning)
+                details = _build(loaded, tmp) if base is None else _quantize(loaded, base, tmp)
             manifest = {
                 "format": EXPORT_FORMAT,
                 "model": loaded.spec,

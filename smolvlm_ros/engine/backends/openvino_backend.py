@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install -r requirements/cpu.txt (or `make cpu-runtime`)"
 PRECISION = {"float32": "f32", "bfloat16": "bf16"}
 
 
@@ -185,8 +184,49 @@ class OpenVINOLanguage:
         )
         return _Prefix(self._save_state(), ids.shape[1])
 
-    def score(self, input_ids: Any, attention_mask: Any, image_embeddings: Any, lengths: list):
-        raise BackendError("openvino does not score continuations (no capability 'scoring')")
+    def tail_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_embeddings: torch.Tensor | None,
+        keep: int,
+    ) -> torch.Tensor:
+        """[batch, keep, vocab] float32 logits predicting each row's last ``keep`` tokens
+        (left-padded rows, image tokens all before them). The graph returns the last
+        position's logits only, so the head goes through as one prefill and the tail one
+        column per call: cheap for the few tokens of an option or a check."""
+        ids = input_ids.numpy()
+        mask = attention_mask.numpy().astype(np.int64)
+        batch, length = ids.shape
+        if not 0 < keep < length:
+            raise ValueError(f"keep must be in [1, {length - 1}], got {keep}")
+        positions = np.maximum(np.cumsum(mask, axis=-1) - 1, 0)
+        rows = np.arange(batch, dtype=np.int32)
+        head = length - keep
+        self.request.reset_state()
+        embeds = self._embed(ids[:, :head], image_embeddings)
+        out = [self._forward(embeds, mask[:, :head], positions[:, :head], rows)]
+        for column in range(head, length - 1):
+            embeds = self._embed(ids[:, column : column + 1], None)
+            span = slice(column, column + 1)
+            out.append(self._forward(embeds, mask[:, : column + 1], positions[:, span], rows))
+        return torch.stack(out, dim=1)
+
+    def score(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_embeddings: torch.Tensor | None,
+        lengths: list[int],
+    ) -> list[float]:
+        """Summed log-probabilities of each row's last ``lengths[i]`` tokens (as torch's
+        ``score_rows``: one batch, positions following the mask)."""
+        keep = max(lengths)
+        log_probs = self.tail_logits(input_ids, attention_mask, image_embeddings, keep)
+        log_probs = log_probs.log_softmax(-1)
+        targets = input_ids[:, -keep:]
+        picked = log_probs.gather(-1, targets[..., None])[..., 0]
+        return [float(picked[row, keep - n :].sum()) for row, n in enumerate(lengths)]
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -298,14 +338,17 @@ class OpenVINOBackend:
 
 def build(loaded: LoadedModel, options: BackendOptions) -> OpenVINOBackend:
     """Export on first use (cached), then compile both graphs for the CPU."""
-    from smolvlm_ros.export import QUANTIZATIONS, ensure_export
+    from smolvlm_ros.export import QUANTIZATIONS, ensure_export, missing_runtime
 
     if loaded.device != "cpu":
         raise BackendError(f"openvino runs on the CPU, not {loaded.device}")
-    quantization = getattr(options, "quantization", "none")
+    quantization = options.quantization
     if quantization not in QUANTIZATIONS:
         raise BackendError(f"quantization {quantization!r}: expected one of {QUANTIZATIONS}")
-    threads = cpu_threads(getattr(options, "cpu_threads", 0))
+    missing = missing_runtime(quantization)
+    if missing is not None:
+        raise BackendError(f"backend openvino with quantization {quantization}: {missing}")
+    threads = cpu_threads(options.cpu_threads)
     export = ensure_export(loaded, quantization)
     backend = OpenVINOBackend(export, loaded, loaded.dtype, threads)
     log.info(
@@ -331,10 +374,15 @@ register(
                 Capability.STREAMING,
                 Capability.PREFIX_REUSE,
                 Capability.CONSTRAINED,
+                Capability.SCORING,
             }
         ),
         priority={"cpu": 5},  # below torch (10) for now: auto keeps torch on CPUs
-        available=module_check("openvino", INSTALL_HINT, label="OpenVINO (openvino)"),
+        available=module_check(
+            "openvino",
+            "pip install -r requirements/cpu.txt (or `make cpu-runtime`)",
+            label="OpenVINO (openvino)",
+        ),
         description="OpenVINO on the CPU: exported graphs, stateful KV cache, optional int8",
     )
 )

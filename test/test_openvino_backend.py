@@ -1,0 +1,323 @@
+"""The OpenVINO CPU backend on random:tiny: export, cache reuse, load, parity with the torch path.
+
+Everything runs for real: the checkpoint is traced with torch.export, converted to OpenVINO IR
+(the decoder made stateful), quantised with NNCF for int8, cached in a directory of this module
+and compiled on the CPU. In float32 the backend must produce the torch path's greedy tokens on
+the real photographs, alone, batched with padding and after a shared prefix; int8 is compared
+with float32 by logit cosine and top-1 agreement (random weights: near-flat logits, so the
+thresholds only catch a broken quantisation, and the real figures are in the README).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from smolvlm_ros.engine import Engine, EngineConfig, Frame
+from smolvlm_ros.engine.backends.base import GenerationRequest
+from smolvlm_ros.engine.backends.registry import BackendError, choose
+from smolvlm_ros.engine.backends.torch_backend import TorchBackend, score_rows
+from smolvlm_ros.engine.types import FINISH_CANCELLED
+from smolvlm_ros.export import ExportError, ensure_export, export_path, missing_runtime
+from smolvlm_ros.export.cache import checkpoint_digest
+from smolvlm_ros.models.loading import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+QUESTIONS = ["What is this?", "Is there a cup on the table?", "Which colour is the largest thing?"]
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
+needs_openvino = pytest.mark.skipif(
+    not HAVE_OPENVINO, reason="OpenVINO is not installed (pip install -r requirements/cpu.txt)"
+)
+
+
+@pytest.fixture(scope="module")
+def ov_cache(tmp_path_factory):
+    """This module's own cache root: checkpoints and exports are built here, from scratch."""
+    root = tmp_path_factory.mktemp("ov-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SMOLVLM_ROS_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def loaded(ov_cache):
+    return load_model("random:tiny", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def exported(loaded):
+    return ensure_export(loaded, "none")
+
+
+@pytest.fixture(scope="module")
+def torch_engine(loaded):
+    backend = TorchBackend(loaded.model, "cpu", "float32")
+    return Engine(loaded, backend, backend_choice=choose("torch", "cpu"))
+
+
+def _ov_engine(loaded, export, dtype="float32", threads=2) -> Engine:
+    from smolvlm_ros.engine.backends.openvino_backend import OpenVINOBackend
+
+    backend = OpenVINOBackend(export, loaded, dtype, threads)
+    return Engine(loaded, backend, backend_choice=choose("openvino", "cpu"))
+
+
+@pytest.fixture(scope="module")
+def ov_engine(loaded, exported):
+    return _ov_engine(loaded, exported)
+
+
+# -- export and its cache ----------------------------------------------------------------------
+
+
+@needs_openvino
+def test_export_is_built_once_then_reused(loaded, exported, ov_cache):
+    assert exported.created
+    assert exported.directory.parent == ov_cache / "openvino"
+    files = {p.name: p.stat().st_mtime_ns for p in exported.directory.iterdir()}
+    assert {"vision.xml", "vision.bin", "decoder.xml", "decoder.bin", "embeddings.npy"} <= set(
+        files
+    )
+    manifest = json.loads((exported.directory / "manifest.json").read_text())
+    assert manifest["quantization"] == "none" and manifest["model"] == "random:tiny"
+    assert set(manifest["versions"]) == {"torch", "transformers", "openvino"}
+
+    again = ensure_export(loaded, "none")
+    assert not again.created and again.directory == exported.directory
+    assert {p.name: p.stat().st_mtime_ns for p in again.directory.iterdir()} == files
+
+
+@needs_openvino
+def test_the_command_line_finds_the_same_export(exported, ov_cache):
+    out = subprocess.run(
+        [sys.executable, "-m", "smolvlm_ros.export", "--model", "random:tiny", "--quiet"],
+        cwd=REPO,
+        env={**os.environ, "SMOLVLM_ROS_CACHE": str(ov_cache)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"none: {exported.directory} (cached" in out.stdout
+
+
+def test_the_export_key_follows_the_checkpoint_content(loaded, ov_cache, tmp_path):
+    """A copy of the checkpoint reuses the export; an edited config does not."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(loaded.path, copy)
+    original = checkpoint_digest(Path(loaded.path))
+    assert checkpoint_digest(copy) == original
+    config = json.loads((copy / "config.json").read_text())
+    config["vocab_size_note"] = "edited"  # any change to the file is a different checkpoint
+    (copy / "config.json").write_text(json.dumps(config))
+    assert checkpoint_digest(copy) != original
+    if HAVE_OPENVINO:
+        assert export_path(loaded, "none") != export_path(loaded, "int8")
+
+
+# -- choosing it -------------------------------------------------------------------------------
+
+
+def test_a_missing_runtime_is_named_with_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    with pytest.raises(BackendError) as err:
+        choose("openvino", "cpu")
+    assert "OpenVINO (openvino) is not installed: pip install -r requirements/cpu.txt" in str(
+        err.value
+    )
+    assert "make cpu-runtime" in str(err.value)
+    auto = choose("auto", "cpu")
+    assert auto.name == "torch"
+    assert any(name == "openvino" and "not installed" in why for name, why in auto.skipped)
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    assert "NNCF (nncf, for int8)" in missing_runtime("int8")
+    with pytest.raises(ExportError, match=r"requirements/cpu\.txt"):
+        ensure_export(None, "int8")  # refused before anything is looked at
+
+
+@needs_openvino
+def test_openvino_runs_the_cpu_only_in_float32_or_bfloat16():
+    with pytest.raises(BackendError, match="does not run on cuda"):
+        choose("openvino", "cuda")
+    with pytest.raises(BackendError, match="does not support dtype float16"):
+        choose("openvino", "cpu", "float16")
+
+
+@needs_openvino
+def test_engine_from_config_loads_the_cached_export(exported):
+    engine = Engine.from_config(
+        EngineConfig(
+            "random:tiny", device="cpu", dtype="float32", backend="openvino", cpu_threads=1
+        )
+    )
+    backend = engine.backend
+    assert backend.export.directory == exported.directory and not backend.export.created
+    assert backend.name.startswith("openvino-") and backend.dtype == "float32"
+    assert backend.threads == 1
+
+
+# -- parity with the torch path (float32) ------------------------------------------------------
+
+
+@needs_openvino
+def test_captions_equal_the_torch_path_on_every_photo(ov_engine, torch_engine, photos):
+    for name, image in photos.items():
+        frame = Frame(image, camera=name)
+        ours = ov_engine.caption(frame, max_new_tokens=16)
+        assert ours.token_ids == torch_engine.caption(frame, max_new_tokens=16).token_ids, name
+        assert ours.backend.startswith("openvino-") and ours.dtype == "float32"
+
+
+@needs_openvino
+def test_left_padded_batches_equal_the_torch_path(ov_engine, torch_engine, photos):
+    """Two prompts of different lengths in one batch: the shorter one is left-padded."""
+    frames = [Frame(photos["coffee"]), Frame(photos["rocket"])]
+    texts = ["Describe this image in one sentence.", "What?"]
+    plans = [torch_engine.plan(f) for f in frames]
+    ids = [torch_engine.prompt_ids(t, [p]) for t, p in zip(texts, plans, strict=True)]
+    longest = max(len(i) for i in ids)
+    assert len({len(i) for i in ids}) == 2
+    input_ids = torch.zeros((2, longest), dtype=torch.long)
+    mask = torch.zeros((2, longest), dtype=torch.long)
+    for row, prompt in enumerate(ids):
+        input_ids[row, longest - len(prompt) :] = prompt
+        mask[row, longest - len(prompt) :] = 1
+    embeddings = []
+    for engine in (torch_engine, ov_engine):
+        pixels = [engine.preprocess_image(f, p) for f, p in zip(frames, plans, strict=True)]
+        embeddings.append(
+            engine.backend.vision.encode(
+                torch.cat([p["pixel_values"][0] for p in pixels]),
+                torch.cat([p["pixel_attention_mask"][0] for p in pixels]),
+            )
+        )
+    torch.testing.assert_close(embeddings[1], embeddings[0], rtol=1e-4, atol=1e-4)
+    request = GenerationRequest(input_ids, mask, embeddings[0], max_new_tokens=12)
+    theirs = torch_engine.backend.language.generate(request)
+    ours = ov_engine.backend.language.generate(request)
+    assert [g.token_ids for g in ours] == [g.token_ids for g in theirs]
+
+
+@needs_openvino
+def test_caption_batches_equal_single_captions(ov_engine, torch_engine, photos):
+    frames = [Frame(photos[n], camera=n) for n in ("astronaut", "chelsea", "motorcycle")]
+    ours = ov_engine.caption_batch(frames, max_new_tokens=12)
+    theirs = torch_engine.caption_batch(frames, max_new_tokens=12)
+    assert [r.token_ids for r in ours] == [r.token_ids for r in theirs]
+
+
+@needs_openvino
+def test_shared_prefix_questions_equal_the_torch_path(ov_engine, torch_engine, photos):
+    frame = Frame(photos["astronaut"])
+    ours = ov_engine.ask_many(frame, QUESTIONS, max_new_tokens=10)
+    assert [r.token_ids for r in ours] == [
+        r.token_ids for r in torch_engine.ask_many(frame, QUESTIONS, max_new_tokens=10)
+    ]
+    # the prefix state is copied, not consumed: the same prefix serves a second batch
+    assert [r.token_ids for r in ov_engine.ask_many(frame, QUESTIONS, max_new_tokens=10)] == [
+        r.token_ids for r in ours
+    ]
+    assert ours[1].token_ids == ov_engine.ask(frame, QUESTIONS[1], max_new_tokens=10).token_ids
+
+
+@needs_openvino
+def test_scores_equal_the_torch_path(ov_engine, torch_engine, photos):
+    """Typed answers score options: left-padded rows of different tail lengths."""
+    frame = Frame(photos["chelsea"])
+    prompt = torch_engine.prompt_ids("Is it a cat?", [torch_engine.plan(frame)])
+    options = [torch.tensor([31, 42]), torch.tensor([7]), torch.tensor([100, 200, 300])]
+    rows = [torch.cat([prompt, option]) for option in options]
+    longest = max(len(r) for r in rows)
+    input_ids = torch.zeros((len(rows), longest), dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for index, row in enumerate(rows):
+        input_ids[index, longest - len(row) :] = row
+        mask[index, longest - len(row) :] = 1
+    (encoded,) = torch_engine._encode([frame], _limits())
+    embeddings = encoded.embeddings.repeat(len(rows), 1)
+    lengths = [len(o) for o in options]
+    ours = ov_engine.backend.language.score(input_ids, mask, embeddings, lengths)
+    theirs = score_rows(torch_engine.loaded.model, "cpu", input_ids, mask, embeddings, lengths)
+    assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-4)
+
+
+def _limits():
+    from smolvlm_ros.engine import Limits
+
+    return Limits()
+
+
+@needs_openvino
+def test_streaming_and_cancel(ov_engine, torch_engine, photos):
+    frame = Frame(photos["coffee"])
+    streamed: list[int] = []
+    result = ov_engine.caption(frame, max_new_tokens=12, on_token=streamed.append)
+    assert streamed == result.token_ids
+    calls = itertools.count(1)
+    cut = ov_engine.caption(frame, max_new_tokens=12, should_stop=lambda: next(calls) >= 3)
+    assert cut.finish_reason == FINISH_CANCELLED
+    assert cut.token_ids == result.token_ids[: len(cut.token_ids)] and len(cut.token_ids) == 3
+
+
+@needs_openvino
+def test_seeded_sampling_repeats(loaded, exported, photos):
+    from smolvlm_ros.engine.backends.base import Sampling
+
+    engine = _ov_engine(loaded, exported)
+    engine.sampling = Sampling(do_sample=True, temperature=0.9, top_p=0.9, seed=7)
+    frame = Frame(photos["rocket"])
+    first = engine.caption(frame, max_new_tokens=12).token_ids
+    assert engine.caption(frame, max_new_tokens=12).token_ids == first
+
+
+@needs_openvino
+def test_threads_are_what_was_asked(loaded, exported):
+    from smolvlm_ros.engine.backends.openvino_backend import cpu_threads
+
+    assert cpu_threads(0) == len(os.sched_getaffinity(0))
+    assert cpu_threads(3) == 3
+    engine = _ov_engine(loaded, exported, threads=1)
+    assert engine.backend.threads == 1
+
+
+# -- int8 --------------------------------------------------------------------------------------
+
+
+@needs_openvino
+def test_int8_is_built_from_the_float32_export_and_stays_close(loaded, exported, photos):
+    """Teacher-forced: the int8 backend reads the float32 greedy answer; its logits at every
+    step are compared (cosine) and its top-1 token checked against float32's."""
+    int8 = ensure_export(loaded, "int8")
+    assert int8.created and int8.manifest["from"] == exported.directory.name
+    assert int8.manifest["calibration"]["samples"] == 10
+    reference = _ov_engine(loaded, exported)
+    quantised = _ov_engine(loaded, int8)
+    assert quantised.backend.dtype == "float32+int8"
+    cosines, agree, total = [], 0, 0
+    for image in photos.values():
+        frame = Frame(image)
+        answer = reference.caption(frame, max_new_tokens=8, min_new_tokens=8).token_ids
+        plan = reference.plan(frame)
+        prompt = reference.prompt_ids("Describe this image in one sentence.", [plan])
+        ids = torch.cat([prompt, torch.tensor(answer)])[None]
+        mask = torch.ones_like(ids)
+        logits = []
+        for engine in (reference, quantised):
+            (encoded,) = engine._encode([frame], _limits())
+            language = engine.backend.language
+            logits.append(language.tail_logits(ids, mask, encoded.embeddings, 8)[0])
+        cosines += torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=-1).tolist()
+        agree += int((logits[0].argmax(-1) == logits[1].argmax(-1)).sum())
+        total += 8
+    assert min(cosines) > 0.95, cosines
+    assert agree / total > 0.5, (agree, total)
