@@ -340,3 +340,50 @@ def test_references_by_stamp_are_asked_about_their_frame(bag, tmp_path):
     assert [(r["stamp"], r["question"]) for r in answers] == [(stamp, "Is it red?")]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["scores"]["vqa_scored"] == 1 and summary["references"]["unmatched"] == []
+
+
+def test_typed_reference_questions_are_scored_with_calibration(bag, tmp_path):
+    """A reference with an answer_type is asked as that type; its value is scored against the
+    expected answers and the summary has accuracy per confidence bin (and so does the report)."""
+    stamps = sorted(bag_stamps(bag)[CAMERAS[0]])
+    refs = tmp_path / "refs.jsonl"
+    lines = [
+        {"camera": CAMERAS[0], "stamp": stamps[2], "question": "Is there a cat?",
+         "answer_type": "yes_no", "answers": ["yes"]},
+        {"camera": CAMERAS[0], "stamp": stamps[2], "question": "How many cats?",
+         "answer_type": "count", "answers": ["1", "one"]},
+        {"camera": CAMERAS[0], "stamp": stamps[4], "question": "Which animal?",
+         "answer_type": "choice", "options": ["cat", "dog"], "answers": ["cat"]},
+    ]  # fmt: skip
+    refs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "run"
+    done = run_replay(bag, out, "--topics", CAMERAS[0], "--references", str(refs))
+    assert done.returncode == 0, done.stderr
+    answers = {r["question"]: r for r in records(out) if r["kind"] == "answer"}
+    assert set(answers) == {"Is there a cat?", "How many cats?", "Which animal?"}
+    assert isinstance(answers["Is there a cat?"]["value"], bool)
+    assert answers["Which animal?"]["value"] in ("cat", "dog")
+    for record in answers.values():
+        assert 0.0 <= record["confidence"] <= 1.0
+        assert record["scores"]["typed_right"] in (True, False)
+    right = [
+        answers["Is there a cat?"]["value"] is True,
+        answers["How many cats?"]["value"] == 1,
+        answers["Which animal?"]["value"] == "cat",
+    ]
+    scores = json.loads((out / "summary.json").read_text())["scores"]
+    assert scores["typed_scored"] == 3
+    assert scores["typed_accuracy"] == pytest.approx(sum(right) / 3)
+    assert sum(row["answers"] for row in scores["calibration"]) == 3
+    assert "Calibration of typed answers" in (out / "report.html").read_text()
+
+
+def test_a_wrong_answer_type_in_references_names_the_line(bag, tmp_path):
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text(
+        json.dumps({"camera": CAMERAS[0], "frame": 0, "question": "Which?",
+                    "answer_type": "choice", "options": ["A"], "answers": ["A"]}) + "\n"
+    )  # fmt: skip
+    done = run_replay(bag, tmp_path / "run", "--references", str(refs))
+    assert done.returncode == 2
+    assert "refs.jsonl:1: a choice needs at least two options" in done.stderr

@@ -28,6 +28,16 @@ def result_record(result: Result, publish_ns: int) -> dict:
         "question": result.prompt if result.kind != CAPTION else None,
         "prompt": result.prompt,
         "text": result.text,
+        # a typed question's answer type, value (bool, int, option, object) and confidence
+        **(
+            {
+                "answer_type": result.typed.type,
+                "value": result.typed.value,
+                "confidence": result.typed.confidence,
+            }
+            if result.typed
+            else {}
+        ),
         "finish_reason": result.finish_reason,
         "model": result.model,
         "backend": result.backend,
@@ -110,6 +120,7 @@ class ResultBag:
             "yes": bool(typed.yes) if typed else False,
             "count": int(typed.count) if typed else 0,
             "choice": typed.choice if typed else "",
+            "json": typed.json if typed else "",
             "confidence": float(typed.confidence) if typed else 0.0,
         }
         fields = {name for name, _ in self.typestore.fielddefs["smolvlm_ros/msg/VqaAnswer"][1]}

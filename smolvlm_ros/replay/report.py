@@ -83,6 +83,19 @@ def _timeline_svg(records: list[dict], width: int = 520, height: int = 160) -> s
     return f'<svg width="{width}" height="{height}" role="img">{dots}{axis}</svg>'
 
 
+def _answer_note(answer: dict) -> str:
+    """How an answer scored and, typed, how sure the model was."""
+    scores = answer.get("scores", {})
+    notes = []
+    if "confidence" in answer:
+        notes.append(f"confidence {answer['confidence']:.2f}")
+    if "vqa_accuracy" in scores:
+        notes.append(f"acc {scores['vqa_accuracy']:.2f}")
+    if "typed_right" in scores:
+        notes.append("right" if scores["typed_right"] else "wrong")
+    return f" <i>({', '.join(notes)})</i>" if notes else ""
+
+
 def _table(rows: Iterable[tuple[str, object]]) -> str:
     def cell(value: object) -> str:
         return f"{value:.3f}" if isinstance(value, float) else str(value)
@@ -106,7 +119,7 @@ def write_report(path: Path, bag: Path, summary: dict, records: list[dict]) -> N
         key = (record["camera"], record["stamp"])
         qa = "".join(
             f"<li><b>{html.escape(a['question'])}</b> {html.escape(a['text'])}"
-            + (f" <i>(acc {a['scores']['vqa_accuracy']:.2f})</i>" if "scores" in a else "")
+            + _answer_note(a)
             + "</li>"
             for a in answers.get(key, [])
         )
@@ -133,7 +146,16 @@ def write_report(path: Path, bag: Path, summary: dict, records: list[dict]) -> N
     shown = f"{len(captions)} captioned" + (
         f", first {MAX_FRAMES}" if len(captions) == MAX_FRAMES else ""
     )
-    score_table = _table(scores.items()) if scores else "<p>No references given.</p>"
+    calibration = scores.get("calibration") or []
+    score_table = (
+        _table((k, v) for k, v in scores.items() if k != "calibration")
+        if scores
+        else "<p>No references given."
+    )
+    if calibration:  # typed answers: is a confident answer more often right?
+        score_table += "<h3>Calibration of typed answers</h3>" + _table(
+            (row["bin"], f"{row['accuracy']:.2f} right of {row['answers']}") for row in calibration
+        )
     unmatched = (summary.get("references") or {}).get("unmatched") or []
     if unmatched:  # a typo in a camera or stamp must not pass for a score over fewer frames
         rows = "".join(

@@ -20,6 +20,7 @@ from typing import Any
 
 from smolvlm_ros.compat import StrEnum
 from smolvlm_ros.engine import Engine, Result
+from smolvlm_ros.engine.answers import AnswerSpec
 from smolvlm_ros.engine.types import Frame
 from smolvlm_ros.pipeline.change import ChangeGate
 from smolvlm_ros.pipeline.intake import NS_PER_S, stamp_to_ns
@@ -80,22 +81,26 @@ def image_topics(reader: BagReader, wanted: tuple[str, ...]) -> list:
     return image_connections(reader, wanted)
 
 
+Asked = tuple[str, AnswerSpec | None]  # a reference question and its answer type (None: text)
+
+
 class FrameQuestions:
     """The reference questions to ask about each frame, found by camera and frame index or
     header stamp as the bag is read (frame indices need no second pass over the bag)."""
 
     def __init__(self, references: Sequence[Reference] = ()) -> None:
-        self._by_index: dict[tuple[str, int], list[str]] = {}
-        self._by_stamp: dict[tuple[str, int], list[str]] = {}
+        self._by_index: dict[tuple[str, int], list[Asked]] = {}
+        self._by_stamp: dict[tuple[str, int], list[Asked]] = {}
         for ref in references:
             if ref.question is None:
                 continue
+            asked = (ref.question, ref.answer)
             if ref.frame is not None:
-                self._by_index.setdefault((ref.camera, ref.frame), []).append(ref.question)
+                self._by_index.setdefault((ref.camera, ref.frame), []).append(asked)
             else:
-                self._by_stamp.setdefault((ref.camera, ref.stamp), []).append(ref.question)
+                self._by_stamp.setdefault((ref.camera, ref.stamp), []).append(asked)
         # (camera, stamp ns) of a frame read -> its questions, looked up when it is captioned
-        self.asked: dict[tuple[str, int], tuple[str, ...]] = {}
+        self.asked: dict[tuple[str, int], tuple[Asked, ...]] = {}
 
     def frame_read(self, camera: str, index: int, stamp_ns: int) -> None:
         questions = [
@@ -106,7 +111,7 @@ class FrameQuestions:
             before = self.asked.get((camera, stamp_ns), ())
             self.asked[(camera, stamp_ns)] = tuple(dict.fromkeys((*before, *questions)))
 
-    def about(self, frame: Frame) -> tuple[str, ...]:
+    def about(self, frame: Frame) -> tuple[Asked, ...]:
         return self.asked.get((frame.camera, frame.stamp_ns), ())
 
 
@@ -120,14 +125,37 @@ class ReplayRunner(JobRunner):
 
     def _standing_answers(self, frame: Frame, cameras: list[str]) -> list[Result]:
         standing = self.captions
-        extra = tuple(q for q in self.frame_questions.about(frame) if q not in standing.questions)
+        about = self.frame_questions.about(frame)
+        extra = tuple(
+            q for q, spec in about if spec is None and q not in standing.questions
+        )  # free-text ones join the standing questions' batch
+        typed = [(q, spec) for q, spec in about if spec is not None]
         if not extra:
-            return super()._standing_answers(frame, cameras)
+            return super()._standing_answers(frame, cameras) + self._typed_answers(frame, typed)
         self.captions = replace(standing, questions=(*standing.questions, *extra))
         try:
-            return super()._standing_answers(frame, cameras)
+            answers = super()._standing_answers(frame, cameras)
         finally:
             self.captions = standing
+        return answers + self._typed_answers(frame, typed)
+
+    def _typed_answers(self, frame: Frame, typed: list[Asked]) -> list[Result]:
+        """Typed reference questions, one at a time (the frame's encoding is cached)."""
+        results = []
+        for question, spec in typed:
+            try:
+                results.append(
+                    self.engine.ask(
+                        frame,
+                        question,
+                        spec,
+                        max_new_tokens=self.captions.max_new_tokens,
+                        should_stop=self._stop_check(),
+                    )
+                )
+            except Exception as err:
+                self._inference_failed(err, f"typed question {question[:40]!r}")
+        return results
 
 
 def replay(

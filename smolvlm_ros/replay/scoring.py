@@ -5,6 +5,14 @@ References are JSONL, one line per frame and task:
     {"camera": "/front/image_raw", "stamp": 1767225600000000000,
      "question": "Is there a cat?", "answers": ["yes"]}
     {"camera": "/front/image_raw", "frame": 12, "captions": ["a cat on a sofa", "a sleeping cat"]}
+    {"camera": "/front/image_raw", "frame": 3, "question": "Is the door open?",
+     "answer_type": "yes_no", "answers": ["yes"]}
+
+A reference question with an ``answer_type`` (yes_no, count, choice + ``options``, json +
+``json_schema``: as ``~/ask`` takes them) is asked as a typed question; its answer is right when
+its value equals one of ``answers`` (yes/no: "yes"/"no"; count: the number; choice: the option;
+json: the object, as JSON text), and the results' confidences are checked for calibration:
+accuracy per confidence bin, which should rise with the confidence.
 
 `frame` counts that camera's messages in the bag from 0; `stamp` is the header stamp in ns.
 
@@ -20,6 +28,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from smolvlm_ros.engine.answers import AnswerSpec, AnswerType
 
 _ARTICLES = {"a", "an", "the"}
 _NUMBERS = {
@@ -43,6 +53,7 @@ class Reference:
     answers: tuple[str, ...] = ()
     captions: tuple[str, ...] = ()
     line: int = 0  # in the references file, to name it when it matches nothing
+    answer: AnswerSpec | None = None  # a typed question (answer_type given); None: free text
 
     def where(self) -> str:
         return f"frame {self.frame}" if self.frame is not None else f"stamp {self.stamp}"
@@ -95,6 +106,18 @@ def load_references(path: Path) -> list[Reference]:
             isinstance(item.get("question"), str) and item["question"].strip()
         ):
             raise ReferenceError(f'{where}: "question" must be a non-empty string')
+        answer = None
+        if "answer_type" in item:
+            if not has_question:
+                raise ReferenceError(f'{where}: "answer_type" is for questions')
+            try:
+                answer = AnswerSpec.parse(
+                    str(item["answer_type"]),
+                    tuple(item.get("options", ())),
+                    str(item.get("json_schema", "")),
+                )
+            except ValueError as err:
+                raise ReferenceError(f"{where}: {err}") from None
         references.append(
             Reference(
                 camera=item["camera"],
@@ -104,6 +127,7 @@ def load_references(path: Path) -> list[Reference]:
                 answers=tuple(texts) if has_question else (),
                 captions=() if has_question else tuple(texts),
                 line=number,
+                answer=answer,
             )
         )
     return references
@@ -149,6 +173,10 @@ class Scores:
     cider: float | None = None
     captions_scored: int = 0
     captions_missing: int = 0  # referenced frames that got no caption (dropped, say)
+    typed_accuracy: float | None = None  # typed references: value equal to an expected one
+    typed_scored: int = 0
+    # typed answers by confidence bin: {"bin": "0.8-1.0", "answers": n, "accuracy": a}
+    calibration: list[dict] = field(default_factory=list)
     per_record: dict[int, dict] = field(default_factory=dict)  # record index -> its scores
 
 
@@ -162,6 +190,7 @@ def score(
         question = record["question"].strip() if record["kind"] == "answer" else None
         by_key[(record["camera"], record["stamp"], record["kind"], question)] = index
     vqa: list[float] = []
+    typed: list[tuple[float, bool]] = []  # (confidence, right)
     gts: dict[str, list[str]] = {}
     res: dict[str, list[str]] = {}
     for number, ref in enumerate(references):
@@ -173,6 +202,11 @@ def score(
             index = by_key.get((ref.camera, stamp, "answer", ref.question))
             if index is None:
                 scores.vqa_missing += 1
+                continue
+            if ref.answer is not None and ref.answer.type != AnswerType.TEXT:
+                right = typed_right(records[index], ref)
+                typed.append((float(records[index].get("confidence", 0.0)), right))
+                scores.per_record.setdefault(index, {})["typed_right"] = right
                 continue
             accuracy = vqa_accuracy(records[index]["text"], ref.answers)
             vqa.append(accuracy)
@@ -187,6 +221,10 @@ def score(
             scores.per_record.setdefault(index, {})["caption_ref"] = str(number)
     if vqa:
         scores.vqa_accuracy, scores.vqa_scored = sum(vqa) / len(vqa), len(vqa)
+    if typed:
+        scores.typed_accuracy = sum(right for _, right in typed) / len(typed)
+        scores.typed_scored = len(typed)
+        scores.calibration = calibration(typed)
     if res:
         _caption_metrics(scores, gts, res)
     return scores
@@ -207,3 +245,51 @@ def _caption_metrics(scores: Scores, gts: dict, res: dict) -> None:
         ref = record_scores.pop("caption_ref", None)
         if ref is not None:
             record_scores["cider"] = float(cider_of[ref])
+
+
+CALIBRATION_BINS = 5  # confidence bins of width 0.2
+
+
+def typed_right(record: dict, ref: Reference) -> bool:
+    """Whether a typed answer's value equals one of the reference's expected answers."""
+    value = record.get("value")
+    kind = ref.answer.type if ref.answer else AnswerType.TEXT
+    if value is None:  # cut short: no value
+        return False
+    for expected in ref.answers:
+        if kind == AnswerType.YES_NO:
+            if normalize_answer(expected) in ("yes", "no", "true", "false") and bool(value) == (
+                normalize_answer(expected) in ("yes", "true")
+            ):
+                return True
+        elif kind == AnswerType.COUNT:
+            if normalize_answer(expected).isdigit() and int(normalize_answer(expected)) == value:
+                return True
+        elif kind == AnswerType.CHOICE:
+            if normalize_answer(expected) == normalize_answer(str(value)):
+                return True
+        else:
+            try:
+                if json.loads(expected) == value:
+                    return True
+            except json.JSONDecodeError:
+                continue
+    return False
+
+
+def calibration(answers: list[tuple[float, bool]]) -> list[dict]:
+    """Accuracy per confidence bin (the bins that hold answers)."""
+    bins: dict[int, list[bool]] = {}
+    for confidence, right in answers:
+        bins.setdefault(min(int(confidence * CALIBRATION_BINS), CALIBRATION_BINS - 1), []).append(
+            right
+        )
+    width = 1.0 / CALIBRATION_BINS
+    return [
+        {
+            "bin": f"{b * width:.1f}-{(b + 1) * width:.1f}",
+            "answers": len(rights),
+            "accuracy": sum(rights) / len(rights),
+        }
+        for b, rights in sorted(bins.items())
+    ]
