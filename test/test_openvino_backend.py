@@ -25,6 +25,8 @@ from smolvlm_ros.engine import Engine, EngineConfig, Frame
 from smolvlm_ros.engine.backends.base import GenerationRequest
 from smolvlm_ros.engine.backends.registry import BackendError, choose
 from smolvlm_ros.engine.backends.torch_backend import TorchBackend, score_rows
+from smolvlm_ros.engine.engine import DEFAULT_CAPTION_PROMPT
+from smolvlm_ros.engine.reference import reference_generate
 from smolvlm_ros.engine.types import FINISH_CANCELLED
 from smolvlm_ros.export import ExportError, ensure_export, export_path, missing_runtime
 from smolvlm_ros.export.cache import checkpoint_digest
@@ -154,7 +156,7 @@ def test_openvino_runs_the_cpu_only_in_float32_or_bfloat16():
 
 
 @needs_openvino
-def test_engine_from_config_loads_the_cached_export(exported):
+def test_engine_from_config_loads_the_cached_export_and_no_torch_weights(exported, photos):
     engine = Engine.from_config(
         EngineConfig(
             "random:tiny", device="cpu", dtype="float32", backend="openvino", cpu_threads=1
@@ -164,6 +166,14 @@ def test_engine_from_config_loads_the_cached_export(exported):
     assert backend.export.directory == exported.directory and not backend.export.created
     assert backend.name.startswith("openvino-") and backend.dtype == "float32"
     assert backend.threads == 1
+    # the torch weights are not loaded (the export runs) until something asks for them
+    loaded = engine.loaded
+    assert not loaded.weights_loaded
+    assert next(loaded.model.parameters()).device.type == "meta"
+    frame = Frame(photos["motorcycle"])
+    ours = engine.caption(frame, max_new_tokens=12).token_ids
+    assert reference_generate(engine, frame, DEFAULT_CAPTION_PROMPT, 12) == ours  # plain generate()
+    assert loaded.weights_loaded and next(loaded.model.parameters()).device.type == "cpu"
 
 
 # -- parity with the torch path (float32) ------------------------------------------------------

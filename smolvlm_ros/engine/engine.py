@@ -194,7 +194,7 @@ class Engine:
         choice = choose(config.backend, device, None if config.dtype == "auto" else dtype)
         if dtype not in choice.spec.dtypes:  # dtype auto, and the backend does not run that one
             dtype = choice.spec.dtypes[0]
-        loaded = load_model(config.model, device=device, dtype=dtype)
+        loaded = load_model(config.model, device, dtype, weights=choice.spec.needs_weights)
         options = BackendOptions(
             compile=config.compile,
             cpu_threads=config.cpu_threads,

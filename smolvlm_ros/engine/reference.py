@@ -31,7 +31,7 @@ def reference_generate(
 ) -> list[int]:
     """Greedy new token ids from ``model.generate()`` on the reference inputs."""
     inputs = reference_inputs(engine, frame, text).to(engine.backend.device)
-    out = engine.loaded.model.generate(
+    out = engine.loaded.ensure_weights().generate(
         **inputs,
         do_sample=False,
         max_new_tokens=max_new_tokens,

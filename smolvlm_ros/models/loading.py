@@ -7,6 +7,7 @@ take. Device and dtype are chosen here too, once, for every front end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -38,6 +39,18 @@ class LoadedModel:
     device: str
     dtype: str
     is_random: bool  # weights are random: outputs are meaningless text
+    # False: the model is a skeleton on the meta device (config, generation config, structure)
+    # because the backend runs its own copy of the weights (an export); see ensure_weights().
+    weights_loaded: bool = True
+
+    def ensure_weights(self) -> Any:
+        """The torch model with its weights, loaded now if the backend did not need them (the
+        transformers reference and the benchmark's anchors run the torch model itself)."""
+        if not self.weights_loaded:
+            _, model = _from_pretrained(self.spec, self.path, self.dtype, local_files_only=True)
+            self.model = model.to(self.device).eval()
+            self.weights_loaded = True
+        return self.model
 
 
 def is_random_spec(spec: str) -> bool:
@@ -146,19 +159,41 @@ def check_checkpoint_files(directory: Path) -> None:
             ) from None
 
 
-def _from_pretrained(spec: str, path: str, dtype: str, local_files_only: bool) -> tuple[Any, Any]:
-    """The processor and model; whatever goes wrong in transformers becomes a ModelLoadError."""
+def _from_pretrained(
+    spec: str, path: str, dtype: str, local_files_only: bool, weights: bool = True
+) -> tuple[Any, Any]:
+    """The processor and model; whatever goes wrong in transformers becomes a ModelLoadError.
+    Without ``weights`` the model is built on the meta device: no memory, no reading."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=local_files_only)
-        model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=getattr(torch, dtype), local_files_only=local_files_only
-        )
+        if weights:
+            model = AutoModelForImageTextToText.from_pretrained(
+                path, dtype=getattr(torch, dtype), local_files_only=local_files_only
+            )
+        else:
+            model = _skeleton(path, dtype, local_files_only)
     except Exception as err:  # OSError, ValueError, SafetensorError...: all mean "bad checkpoint"
         raise ModelLoadError(f"could not load model {spec!r}: {type(err).__name__}: {err}") from err
     return processor, model
+
+
+def _skeleton(path: str, dtype: str, local_files_only: bool) -> Any:
+    """The model's structure on the meta device, with the checkpoint's generation config (its
+    stop tokens), as from_pretrained would set it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
+
+    config = AutoConfig.from_pretrained(path, local_files_only=local_files_only)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dtype))
+    with contextlib.suppress(OSError):  # none on disk: the one derived from config.json stays
+        model.generation_config = GenerationConfig.from_pretrained(
+            path, local_files_only=local_files_only
+        )
+    return model.eval()
 
 
 def _hub_problem(repo_id: str) -> str | None:
@@ -229,24 +264,40 @@ def _load_from_hub(repo_id: str, dtype: str) -> tuple[Any, Any]:
     return _from_pretrained(repo_id, repo_id, dtype, local_files_only=False)
 
 
-def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Resolve, load and place a SmolVLM checkpoint; every error is a :class:`ModelLoadError`."""
+def load_model(
+    spec: str, device: str = "auto", dtype: str = "auto", weights: bool = True
+) -> LoadedModel:
+    """Resolve, load and place a SmolVLM checkpoint; every error is a :class:`ModelLoadError`.
+
+    ``weights=False`` (a backend that runs its own export) skips the torch weights where the
+    checkpoint is on disk already: the model is a meta-device skeleton, ``weights_loaded`` is
+    False and :meth:`LoadedModel.ensure_weights` loads them if ever needed."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # progress bars garble node logs
     path = resolve_model_path(spec)
     device = select_device(device)
     dtype = select_dtype(dtype, device)
-    if Path(path).is_dir():  # a directory never needs the network
+    local = Path(path).is_dir()
+    if not local and not weights:  # a hub id: skip the weights only if they are cached
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, "config.json")
+        weights = not isinstance(cached, str)
+        if not weights:
+            check_checkpoint_files(Path(cached).parent)
+    if local:  # a directory never needs the network
         check_checkpoint_files(Path(path))
-        processor, model = _from_pretrained(spec, path, dtype, local_files_only=True)
+    if local or not weights:
+        processor, model = _from_pretrained(spec, path, dtype, True, weights)
     else:
         processor, model = _load_from_hub(path, dtype)
     if getattr(model.config, "model_type", None) != "idefics3":
         raise ModelLoadError(
             f"model {spec!r} is a {model.config.model_type!r} model; SmolVLM (idefics3) expected"
         )
-    model.to(device).eval()
+    if weights:
+        model.to(device).eval()
     return LoadedModel(
         spec=spec,
         path=path,
@@ -255,4 +306,5 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedMo
         device=device,
         dtype=dtype,
         is_random=is_random_spec(spec),
+        weights_loaded=weights,
     )

@@ -377,6 +377,7 @@ register(
                 Capability.SCORING,
             }
         ),
+        needs_weights=False,  # it runs the export; the torch weights would only take memory
         priority={"cpu": 5},  # below torch (10) for now: auto keeps torch on CPUs
         available=module_check(
             "openvino",

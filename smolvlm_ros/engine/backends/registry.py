@@ -68,6 +68,9 @@ class BackendSpec:
     available: Availability | None = None  # None: available; else a human reason why not
     description: str = ""
     module: str = ""  # filled in by register()
+    # Whether build() uses the torch model's weights; False (a backend running its own export)
+    # lets Engine.from_config skip loading them: LoadedModel.ensure_weights() loads on demand.
+    needs_weights: bool = True
 
     def supports(self, capability: Capability) -> bool:
         return capability in self.capabilities
