@@ -18,7 +18,8 @@ Per row: time to first token (TTFT: preprocessing, vision and prefill), per-toke
 (per decode step: a batch makes one token for every caption per step), end to end, captions/s
 and tokens/s, and peak memory (CUDA: the allocator's peak, reset per row; CPU: sampled process
 RSS). The engine's TTFT and decode come from its own stage timing; an anchor's TTFT is the wall
-time of the same call limited to one new token, its decode (end to end - TTFT) / (tokens - 1).
+time of the same call limited to one new token, its decode (end to end - TTFT) / (tokens - 1),
+the two calls alternating and paired run by run (a shared machine's load drifts).
 Ratios > 1 mean the engine (or the static anchor) is faster. Rows run path by path (every
 engine row first), so compiled anchors' memory pools never inflate the engine's peak.
 
@@ -323,18 +324,30 @@ def measure(device: str, work: Callable[[], Any]) -> Timed:
 def repeat(device: str, work: Callable[[], Any], warmup: int, repeats: int) -> dict:
     """``warmup`` untimed calls (their wall times kept: they show compilation), then
     ``repeats`` timed ones."""
-    warm = []
-    for _ in range(warmup):
-        t0 = time.perf_counter()
-        work()
-        _sync(device)
-        warm.append(time.perf_counter() - t0)
-    return {"warmup_s": warm, "runs": [measure(device, work) for _ in range(repeats)]}
+    return interleave(device, [work], [warmup], repeats)[0]
 
 
-def _per_decode_step_ms(total_ms: float, first_ms: float, tokens: int) -> float | None:
-    """Decode time per step from end to end and time to first token; None for one token."""
-    return (total_ms - first_ms) / (tokens - 1) if tokens > 1 else None
+def interleave(
+    device: str, works: Sequence[Callable[[], Any]], warmups: Sequence[int], repeats: int
+) -> list[dict]:
+    """:func:`repeat` for several calls whose times are compared with each other: the timed
+    calls alternate (a, b, a, b, ...), so that a machine whose load changes over minutes
+    slows both alike and run i of one pairs with run i of the other."""
+    warm = [
+        [_warm_up(device, work) for _ in range(n)] for work, n in zip(works, warmups, strict=True)
+    ]
+    runs: list[list[Timed]] = [[] for _ in works]
+    for _ in range(repeats):
+        for work, timed in zip(works, runs, strict=True):
+            timed.append(measure(device, work))
+    return [{"warmup_s": w, "runs": r} for w, r in zip(warm, runs, strict=True)]
+
+
+def _warm_up(device: str, work: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    work()
+    _sync(device)
+    return time.perf_counter() - t0
 
 
 def row_summary(runs: list[Timed], ttft_ms: float, decode_ms: float | None, unit: str) -> dict:
@@ -393,12 +406,19 @@ def anchor_row(timed: dict, first_token: dict, unit: str, in_sequence: int = 1) 
     call makes that many requests one after another (the TTFT call makes the first alone), so
     one request's decode is measured from its share of the end-to-end time."""
     runs: list[Timed] = timed["runs"]
-    ttft = statistics.median(r.wall_s for r in first_token["runs"]) * 1e3
-    tokens = len(runs[0].out[0])
-    per_request_ms = statistics.median(r.wall_s for r in runs) * 1e3 / in_sequence
-    decode = _per_decode_step_ms(per_request_ms, ttft, tokens)
+    firsts: list[Timed] = first_token["runs"]
+    ttft = statistics.median(r.wall_s for r in firsts) * 1e3
+    steps = len(runs[0].out[0]) - 1
+    decode = (  # (one request's end to end - TTFT) / steps per interleaved pair, the median
+        statistics.median(
+            (full.wall_s / in_sequence - first.wall_s) * 1e3 / steps
+            for full, first in zip(runs, firsts, strict=True)
+        )
+        if steps
+        else None
+    )
     row = _row(row_summary(runs, ttft, decode, unit), timed)
-    row["ttft_runs_s"] = [r.wall_s for r in first_token["runs"]]
+    row["ttft_runs_s"] = [r.wall_s for r in firsts]
     return row
 
 
@@ -456,6 +476,13 @@ class Bench:
         warmup = self.args.warmup if warmup is None else warmup
         return repeat(self.device, work, warmup, self.args.repeats)
 
+    def _interleave(
+        self, full: Callable[[], Any], warmup: int | None, first: Callable[[], Any]
+    ) -> list[dict]:
+        """An anchor's full calls (``warmup``: default --warmup) and its one-token calls."""
+        warmups = [self.args.warmup if warmup is None else warmup, self.args.warmup]
+        return interleave(self.device, [full, first], warmups, self.args.repeats)
+
     def _progress(self, what: str) -> None:
         """One line on stderr per row: the table prints at the end, a slow CPU run takes long."""
         elapsed = time.perf_counter() - self.started
@@ -485,8 +512,7 @@ class Bench:
         # compiles (and records CUDA graphs), which is not what a caption costs.
         warmup = max(self.args.warmup, 1) if path == STATIC else self.args.warmup
         with self.probe.active() if path == STATIC else contextlib.nullcontext():
-            timed = self._repeat(captions(self.tokens), warmup)
-            first = self._repeat(captions(1))
+            timed, first = self._interleave(captions(self.tokens), warmup, captions(1))
         return anchor_row(timed, first, "captions")
 
     def camera_sweep(self, anchors: Sequence[str]) -> list[dict]:
@@ -550,8 +576,7 @@ class Bench:
                 anchor_generate(self.engine, [frame], q, tokens, None)[0] for q in questions
             ]
 
-        timed = self._repeat(answers(asked, self.tokens))
-        first = self._repeat(answers(asked[:1], 1))
+        timed, first = self._interleave(answers(asked, self.tokens), None, answers(asked[:1], 1))
         return anchor_row(timed, first, "answers", in_sequence=len(asked))
 
 
