@@ -21,7 +21,6 @@ uses transformers' own logits warpers in generate's order.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections import OrderedDict
@@ -55,7 +54,6 @@ from smolvlm_ros.engine.backends.torch_backend import (
 if TYPE_CHECKING:
     from smolvlm_ros.models.loading import LoadedModel
 
-log = logging.getLogger(__name__)
 
 CACHE_BUCKET = 256  # cache lengths are multiples of this: prompts of 1-256 + answer share a step
 CHECK_EVERY = 8  # tokens between host looks at "has every row stopped?"
