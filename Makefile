@@ -17,7 +17,7 @@ SOURCES := CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv action/*.ac
 	$(wildcard scripts/* launch/* config/*) \
 	$(shell find smolvlm_ros -name '*.py' 2>/dev/null)
 
-.PHONY: setup demo test test-slow soak lint format clean
+.PHONY: setup demo test test-slow soak lint format clean cpu-runtime openvino-anchor
 
 setup: $(BUILD_STAMP) $(LAUNCH_STAMP)
 
@@ -82,6 +82,22 @@ test-core: $(DEPS_STAMP)  # what needs no ROS (tests not marked `ros`)
 SOAK_S ?= 300
 soak: setup
 	SMOLVLM_SOAK_S=$(SOAK_S) $(PY) -m pytest -s test/test_soak.py -k soak_three_cameras
+
+# The CPU runtime (backend openvino) alone, e.g. into a venv made from requirements/core.txt;
+# `make setup` installs it anyway (requirements/dev.txt includes cpu.txt).
+cpu-runtime:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements/cpu.txt
+
+# optimum-intel's OpenVINO pipeline, the outside anchor of tools/cpu_runtimes.py, in its own venv
+# (it needs transformers < 5). Installed --no-deps: it declares torchvision (see the .txt).
+ANCHOR_VENV := .venv-openvino
+openvino-anchor: $(ANCHOR_VENV)/.installed
+$(ANCHOR_VENV)/.installed: requirements/openvino-anchor.txt
+	test -x $(ANCHOR_VENV)/bin/python || $(PYTHON) -m venv $(ANCHOR_VENV)
+	$(ANCHOR_VENV)/bin/python -m pip install --quiet -r requirements/openvino-anchor.txt
+	$(ANCHOR_VENV)/bin/python -m pip install --quiet --no-deps optimum-intel==2.2.0
+	touch $@
 
 clean:
 	rm -rf build build.log $(VENV)

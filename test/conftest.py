@@ -42,10 +42,13 @@ def photos() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def tiny_engine():
-    """An engine on random:tiny in float32 (exact, deterministic on CPU)."""
+    """An engine on random:tiny in float32 on the torch backend: exact, deterministic, the
+    reference the others are compared with (``auto`` picks openvino on CPUs that have it)."""
     from smolvlm_ros.engine import Engine, EngineConfig
 
-    return Engine.from_config(EngineConfig("random:tiny", device="cpu", dtype="float32"))
+    return Engine.from_config(
+        EngineConfig("random:tiny", device="cpu", dtype="float32", backend="torch")
+    )
 
 
 @pytest.fixture(scope="module")

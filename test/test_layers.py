@@ -31,7 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "photos": set(),  # sample photographs
     "interfaces": set(),  # the .msg definitions as rosbags types
     "models": {"compat"},
-    "engine": {"compat", "models"},
+    "engine": {"compat", "models", "photos"},  # photos: int8 calibration of an export
     "pipeline": {"compat", "models", "engine"},
     "settings": {"compat", "models", "engine", "pipeline"},
     "node": CORE | BASE,

@@ -15,6 +15,7 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
 from ros_helpers import NodeProcess, image_msg, jpeg_msg, wait_for
+from smolvlm_ros.engine.backends.registry import choose
 from smolvlm_ros.msg import Caption
 from smolvlm_ros.srv import AskQuestion
 
@@ -75,7 +76,7 @@ def test_captions_carry_the_source_frame_header(ros, running_node, photos):
         assert key in sent[caption.camera], f"caption header {key} is not a frame sent"
         assert caption.text
         assert caption.provenance.model == "random:tiny"
-        assert caption.provenance.backend == "torch"
+        assert caption.provenance.backend.split("-")[0] == choose("auto", "cpu").name
         assert caption.provenance.device == "cpu"
         assert caption.provenance.prompt == "Describe this image in one sentence."
         assert caption.timing.image_tokens == 16  # tiny: one 128 px image, 16 tokens
@@ -223,7 +224,7 @@ def test_integer_accepted_for_a_float_parameter(ros, tmp_path):
         ({"image_topics": [""]}, "image_topics has an empty item"),
         ({"model": "random:huge"}, "unknown model shape 'huge'"),
         ({"device": "tpu"}, "device 'tpu': expected one of auto, cpu, cuda"),
-        ({"backend": "rknn"}, "backend 'rknn': expected one of auto, torch"),
+        ({"backend": "rknn"}, "backend 'rknn': expected one of auto, openvino, torch"),
         ({"max_tiles": -1}, "Parameter max_tiles out of range. Min: 0, Max: 1024, value: -1"),
         ({"image_topics": ["/9cam/image"]}, "image_topics: '/9cam/image' is not a valid topic"),
         ({"camera_priorities": [1.0, 2.0]}, "camera_priorities has 2 values for 1 image_topics"),

@@ -26,10 +26,10 @@ from smolvlm_ros.engine.backends.base import GenerationRequest
 from smolvlm_ros.engine.backends.registry import BackendError, choose
 from smolvlm_ros.engine.backends.torch_backend import TorchBackend, score_rows
 from smolvlm_ros.engine.engine import DEFAULT_CAPTION_PROMPT
+from smolvlm_ros.engine.export import ExportError, ensure_export, export_path, missing_runtime
+from smolvlm_ros.engine.export.cache import checkpoint_digest
 from smolvlm_ros.engine.reference import reference_generate
 from smolvlm_ros.engine.types import FINISH_CANCELLED
-from smolvlm_ros.export import ExportError, ensure_export, export_path, missing_runtime
-from smolvlm_ros.export.cache import checkpoint_digest
 from smolvlm_ros.models.loading import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_export_is_built_once_then_reused(loaded, exported, ov_cache):
 @needs_openvino
 def test_the_command_line_finds_the_same_export(exported, ov_cache):
     out = subprocess.run(
-        [sys.executable, "-m", "smolvlm_ros.export", "--model", "random:tiny", "--quiet"],
+        [sys.executable, "-m", "smolvlm_ros.engine.export", "--model", "random:tiny", "--quiet"],
         cwd=REPO,
         env={**os.environ, "SMOLVLM_ROS_CACHE": str(ov_cache)},
         capture_output=True,

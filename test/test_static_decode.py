@@ -56,9 +56,9 @@ def test_compile_mode_auto_compiles_on_cuda_only():
         should_compile("yes", "cuda")
 
 
-def test_auto_picks_the_static_path_on_cuda_and_eager_torch_on_cpu():
+def test_auto_picks_the_static_path_on_cuda_only():
     assert choose("auto", "cuda").name == "torch_static"
-    assert choose("auto", "cpu").name == "torch"
+    assert choose("auto", "cpu").name in ("torch", "openvino")  # openvino where installed
 
 
 @pytest.mark.parametrize("name", ["coffee", "astronaut", "chelsea"])

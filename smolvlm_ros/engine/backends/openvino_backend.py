@@ -6,7 +6,7 @@ slower per tile here), and its fused stateful KV-cache attention decodes faster 
 Runtime with the cache as inputs and outputs. Its NNCF quantiser kept the vision encoder's
 output close to fp32 where ONNX Runtime's static quantisation did not.
 
-The graphs come from :mod:`smolvlm_ros.export` (exported on first use, cached by checkpoint
+The graphs come from :mod:`smolvlm_ros.engine.export` (exported on first use, cached by checkpoint
 content and export settings). The engine still owns prompts, tiling and caching; here:
 
 - vision: tiles -> patch masks -> the vision graph (encoder + connector);
@@ -46,7 +46,7 @@ from smolvlm_ros.engine.backends.registry import (
 )
 
 if TYPE_CHECKING:
-    from smolvlm_ros.export import Export
+    from smolvlm_ros.engine.export import Export
     from smolvlm_ros.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class OpenVINOVision:
     """The exported vision graph: tiles -> image embeddings."""
 
     def __init__(self, compiled: Any, patch_size: int) -> None:
-        from smolvlm_ros.export.graphs import VISION_OUTPUT
+        from smolvlm_ros.engine.export.graphs import VISION_OUTPUT
 
         self.request = compiled.create_infer_request()
         self.output = compiled.output(VISION_OUTPUT)
@@ -96,7 +96,7 @@ class OpenVINOVision:
     def encode(
         self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        from smolvlm_ros.export.graphs import patch_mask
+        from smolvlm_ros.engine.export.graphs import patch_mask
 
         result = self.request.infer(
             {
@@ -120,7 +120,7 @@ class OpenVINOLanguage:
 
     def __init__(self, compiled: Any, table: np.ndarray, loaded: LoadedModel) -> None:
         from smolvlm_ros.engine.backends.torch_static import _UNSUPPORTED
-        from smolvlm_ros.export.graphs import LOGITS
+        from smolvlm_ros.engine.export.graphs import LOGITS
 
         self.request = compiled.create_infer_request()
         self.logits = compiled.output(LOGITS)
@@ -140,8 +140,9 @@ class OpenVINOLanguage:
                     f"the checkpoint's generation_config sets {name}, which openvino does not "
                     "apply: use backend torch"
                 )
-        # The first calls of each new shape set kernels up: worth one request at start-up.
-        self.needs_warm_up = True
+        # Nothing to capture or compile ahead: a first call of a new shape costs a few tenths
+        # of a second more, like eager torch (Engine.warm_up skips backends without this).
+        self.needs_warm_up = False
 
     # -- model passes --------------------------------------------------------------------------
 
@@ -338,7 +339,7 @@ class OpenVINOBackend:
 
 def build(loaded: LoadedModel, options: BackendOptions) -> OpenVINOBackend:
     """Export on first use (cached), then compile both graphs for the CPU."""
-    from smolvlm_ros.export import QUANTIZATIONS, ensure_export, missing_runtime
+    from smolvlm_ros.engine.export import QUANTIZATIONS, ensure_export, missing_runtime
 
     if loaded.device != "cpu":
         raise BackendError(f"openvino runs on the CPU, not {loaded.device}")
@@ -378,7 +379,7 @@ register(
             }
         ),
         needs_weights=False,  # it runs the export; the torch weights would only take memory
-        priority={"cpu": 5},  # below torch (10) for now: auto keeps torch on CPUs
+        priority={"cpu": 20},  # ahead of torch (10) on CPUs, where it is installed
         available=module_check(
             "openvino",
             "pip install -r requirements/cpu.txt (or `make cpu-runtime`)",

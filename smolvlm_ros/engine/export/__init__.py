@@ -3,9 +3,9 @@
 ``ensure_export(loaded, quantization)`` returns the export for a loaded checkpoint, building it
 the first time: the vision stage and the stateful decoder as OpenVINO IR plus the token
 embedding table, in a directory keyed by the checkpoint's content and the export settings
-(:mod:`smolvlm_ros.export.cache`). ``int8`` is built from the float32 export (no second trace).
-``python -m smolvlm_ros.export --model ...`` does the same ahead of time, e.g. when a robot
-image is built, so the node's first start does not spend minutes exporting.
+(:mod:`.cache`). ``int8`` is built from the float32 export (no second trace).
+``python -m smolvlm_ros.engine.export --model ...`` does the same ahead of time, e.g. when a
+robot image is built, so the node's first start does not spend minutes exporting.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smolvlm_ros.export.cache import (
+from smolvlm_ros.engine.export.cache import (
     EXPORT_FORMAT,
     MANIFEST,
     checkpoint_digest,
@@ -162,7 +162,7 @@ def _build(loaded: LoadedModel, out: Path) -> dict:
     import numpy as np
     import openvino as ov
 
-    from smolvlm_ros.export import graphs, openvino_ir
+    from smolvlm_ros.engine.export import graphs, openvino_ir
 
     model = _float32_model(loaded)
     shape = graphs.DecoderShape.of(model)
@@ -193,8 +193,8 @@ def _quantize(loaded: LoadedModel, base: Export, out: Path) -> dict:
     """int8 from the float32 export: decoder weights, vision statically (real photographs)."""
     import openvino as ov
 
-    from smolvlm_ros.export import openvino_ir
-    from smolvlm_ros.export.calibration import PHOTOS, vision_samples
+    from smolvlm_ros.engine.export import openvino_ir
+    from smolvlm_ros.engine.export.calibration import PHOTOS, vision_samples
 
     core = ov.Core()
     samples = vision_samples(loaded.processor, loaded.model.config.vision_config.patch_size)

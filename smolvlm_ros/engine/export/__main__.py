@@ -1,4 +1,4 @@
-"""``python -m smolvlm_ros.export --model M [--quantization none|int8|all]``: export ahead of time.
+"""Export ahead of time: ``python -m smolvlm_ros.engine.export --model M [--quantization Q]``.
 
 The node and the benchmark export on first use; doing it here first (e.g. when a robot image is
 built) moves those minutes out of the first start. Prints one line per export: its directory,
@@ -12,12 +12,14 @@ import logging
 import sys
 import time
 
-from smolvlm_ros.export import QUANTIZATIONS, ExportError, ensure_export
+from smolvlm_ros.engine.export import QUANTIZATIONS, ExportError, ensure_export
 from smolvlm_ros.models.loading import DEFAULT_MODEL, ModelLoadError, load_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m smolvlm_ros.export", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m smolvlm_ros.engine.export", description=__doc__
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id, directory, random:<shape>")
     parser.add_argument(
         "--quantization",

@@ -24,8 +24,8 @@ def vision_samples(processor: Any, patch_size: int) -> list[dict[str, np.ndarray
     unsplit and split. Needs scikit-image (the photographs ship with it)."""
     import PIL.Image
 
+    from smolvlm_ros.engine.export.graphs import patch_mask
     from smolvlm_ros.engine.tiling import ModelGeometry, TilingConfig, plan_tiles
-    from smolvlm_ros.export.graphs import patch_mask
     from smolvlm_ros.photos import photo
 
     geometry = ModelGeometry.from_processor(processor)

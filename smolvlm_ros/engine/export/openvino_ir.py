@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from smolvlm_ros.export.graphs import (
+from smolvlm_ros.engine.export.graphs import (
     DECODER_INPUTS,
     LOGITS,
     VISION_INPUTS,

@@ -6,7 +6,7 @@ every input and output is a tensor, then captured with ``torch.export`` with dyn
 (tiles; batch, new tokens, past length). The decoder takes its KV cache explicitly (one
 ``past_key_<i>`` / ``past_value_<i>`` pair per layer) and returns the grown cache
 (``present_*``) next to the logits of each row's last position; the OpenVINO conversion then
-hides that cache inside the model as state (:mod:`smolvlm_ros.export.openvino_ir`).
+hides that cache inside the model as state (:mod:`smolvlm_ros.engine.export.openvino_ir`).
 
 Token embeddings are not in the decoder graph: the backend looks them up in a table saved beside
 the graphs (a memory-mapped ``.npy``) and merges the image embeddings itself, as
