@@ -183,7 +183,10 @@ def test_decisions_follow_ros_time_under_use_sim_time(ros, tmp_path, photos):
         for caption in captions.items:
             assert 990 < stamp_ns_of(caption) / 1e9 < sim_now + 1  # sim-time frames, captioned
         stats = camera_stats(ros, node, "/sim/image_raw")
-        assert int(stats["dropped_stale"]) >= 20
+        # Every frame of the stale phase was dropped, not captioned (asserted above). Which
+        # reason each gets depends on when the worker thread runs: one it looks at is stale,
+        # one replaced before it looks is superseded (most of them on a loaded machine).
+        assert int(stats["dropped_stale"]) >= 1
     finally:
         stop(node)
 
