@@ -252,7 +252,9 @@ def anchor_generate(
     """Greedy new token ids per frame from ``model.generate()``, all frames in one batch, with
     transformers' ``cache_implementation`` ``cache`` (None: its default dynamic cache)."""
     inputs = anchor_inputs(engine, frames, text).to(engine.backend.device)
-    out = engine.loaded.model.generate(
+    # ensure_weights: a backend running its own export (openvino) left the torch weights
+    # unloaded; the anchors load them on first use, after the engine's rows.
+    out = engine.loaded.ensure_weights().generate(
         **inputs,
         do_sample=False,
         max_new_tokens=new_tokens,
@@ -511,6 +513,8 @@ class Bench:
         # The static anchor always gets a warm-up: on CUDA its first call per batch size
         # compiles (and records CUDA graphs), which is not what a caption costs.
         warmup = max(self.args.warmup, 1) if path == STATIC else self.args.warmup
+        if path == STATIC and self.probe.model is not self.engine.loaded.ensure_weights():
+            self.probe = CompileProbe(self.engine.loaded.model)  # weights loaded just now
         with self.probe.active() if path == STATIC else contextlib.nullcontext():
             timed, first = self._interleave(captions(self.tokens), warmup, captions(1))
         return anchor_row(timed, first, "captions")

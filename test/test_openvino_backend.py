@@ -331,3 +331,24 @@ def test_int8_is_built_from_the_float32_export_and_stays_close(loaded, exported,
         total += 8
     assert min(cosines) > 0.95, cosines
     assert agree / total > 0.5, (agree, total)
+
+
+@needs_openvino
+def test_the_benchmark_runs_it_beside_the_transformers_anchors(exported, ov_cache, tmp_path):
+    """``--backend openvino``: its engine rows first, then the anchors on the torch weights it
+    did not need (loaded on first use); float32 tokens agree with plain generate()."""
+    out_json = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "smolvlm_ros.bench", "--model", "random:tiny", "--device", "cpu",
+         "--dtype", "float32", "--backend", "openvino", "--max-new-tokens", "3",
+         "--cameras", "1", "--questions", "2", "--repeats", "1", "--warmup", "0",
+         "--copy-mib", "16", "--json", str(out_json)],
+        capture_output=True, text=True, cwd=REPO, timeout=300, check=False,
+        env={**os.environ, "SMOLVLM_ROS_CACHE": str(ov_cache)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out_json.read_text())
+    env = report["environment"]
+    assert env["backend_requested"] == "openvino" and env["backend"].startswith("openvino-")
+    (entry,) = report["cameras"]
+    assert entry["agreement_with_generate"]["engine"]["identical"] == 1.0

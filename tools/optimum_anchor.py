@@ -14,10 +14,17 @@ RSS, the tokens of the last run.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import sys
 import time
+
+
+def peak_rss_mb() -> float:
+    """This process's high-water RSS since its exec (VmHWM; ru_maxrss would carry the parent's
+    over fork + exec)."""
+    with open("/proc/self/status") as status:
+        line = next(x for x in status if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def main() -> None:
@@ -70,7 +77,7 @@ def main() -> None:
     result = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
     result.update(
         load_s=load_s,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_mb=peak_rss_mb(),
         tokens=made,
         prompt_tokens=int(inputs["input_ids"].shape[1]),
     )
