@@ -17,11 +17,13 @@ photographs for every row, so that every comparison comes from ONE run:
 Per row: time to first token (TTFT: preprocessing, vision and prefill), per-token decode time
 (per decode step: a batch makes one token for every caption per step), end to end, captions/s
 and tokens/s, and peak memory (CUDA: the allocator's peak, reset per row; CPU: sampled process
-RSS). The engine's TTFT and decode come from its own stage timing; an anchor's TTFT is the wall
-time of the same call limited to one new token, its decode (end to end - TTFT) / (tokens - 1),
-the two calls alternating and paired run by run (a shared machine's load drifts).
-Ratios > 1 mean the engine (or the static anchor) is faster. Rows run path by path (every
-engine row first), so compiled anchors' memory pools never inflate the engine's peak.
+RSS, which counts whatever the process holds, the anchors' torch weights included). The
+engine's TTFT and decode come from its own stage timing; an anchor's TTFT is the wall time of
+the same call limited to one new token, its decode (end to end - TTFT) / (tokens - 1), paired
+run by run. Ratios > 1 mean the engine (or the static anchor) is faster. On CUDA the rows run
+path by path (every engine row first), so compiled anchors' memory pools never inflate the
+engine's peak; on the CPU, a shared machine whose load drifts, the timed runs of all paths
+alternate (engine, generate, static, engine, ...) per camera count, and so do the questions'.
 
 The bandwidth floor: a decode step must read every weight of the language model once, so it
 cannot take less than those bytes / the memory bandwidth. The bandwidth is measured in the same
@@ -185,12 +187,12 @@ def language_model_weights(model: torch.nn.Module) -> dict:
     one row of it, not the table."""
     text, head = model.model.text_model, model.lm_head
     embedding = text.get_input_embeddings().weight
-    tied = embedding.data_ptr() == head.weight.data_ptr()
-    tensors: dict[int, torch.Tensor] = {}
-    for p in [*text.parameters(), *head.parameters()]:
+    tied = embedding is head.weight
+    tensors: dict[int, torch.Tensor] = {}  # by identity: a backend that runs its own export
+    for p in [*text.parameters(), *head.parameters()]:  # leaves a meta skeleton (no storage)
         if p is embedding and not tied:
             continue
-        tensors.setdefault(p.data_ptr(), p)
+        tensors.setdefault(id(p), p)
     return {
         "params": sum(p.numel() for p in tensors.values()),
         "bytes": sum(p.numel() * p.element_size() for p in tensors.values()),
@@ -272,7 +274,7 @@ class CompileProbe:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
-        self.decisions: list[bool] = []
+        self.decisions: list[tuple[str | None, bool]] = []  # (cache_implementation, decision)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[CompileProbe]:
@@ -281,9 +283,9 @@ class CompileProbe:
             yield self
             return
 
-        def probe(*args: Any, **kwargs: Any) -> bool:
-            decision = original(*args, **kwargs)
-            self.decisions.append(bool(decision))
+        def probe(model_kwargs: dict, generation_config: Any) -> bool:
+            decision = original(model_kwargs, generation_config)
+            self.decisions.append((generation_config.cache_implementation, bool(decision)))
             return decision
 
         self.model._valid_auto_compile_criteria = probe
@@ -292,11 +294,13 @@ class CompileProbe:
         finally:
             del self.model._valid_auto_compile_criteria
 
-    def report(self) -> dict:
-        """Whether generate() chose to compile, and whether a compiled forward exists."""
+    def report(self, cache: str = "static") -> dict:
+        """Whether generate() chose to compile with ``cache``, and whether a compiled forward
+        exists."""
+        decisions = [d for c, d in self.decisions if c == cache]
         return {
-            "auto_compile": any(self.decisions) if self.decisions else None,
-            "decisions_seen": len(self.decisions),
+            "auto_compile": any(decisions) if decisions else None,
+            "decisions_seen": len(decisions),
             "compiled_call": hasattr(self.model, "_compiled_call"),
             "rule": STATIC_COMPILE_RULE,
         }
@@ -471,19 +475,12 @@ class Bench:
         ]
         self.tokens = self.settings.max_new_tokens
         self.limits = {"max_new_tokens": self.tokens, "min_new_tokens": self.tokens}
-        self.probe = CompileProbe(self.engine.loaded.model)
+        self.probe: CompileProbe | None = None  # while the anchors run (camera_sweep)
         self.started = time.perf_counter()
 
     def _repeat(self, work: Callable[[], Any], warmup: int | None = None) -> dict:
         warmup = self.args.warmup if warmup is None else warmup
         return repeat(self.device, work, warmup, self.args.repeats)
-
-    def _interleave(
-        self, full: Callable[[], Any], warmup: int | None, first: Callable[[], Any]
-    ) -> list[dict]:
-        """An anchor's full calls (``warmup``: default --warmup) and its one-token calls."""
-        warmups = [self.args.warmup if warmup is None else warmup, self.args.warmup]
-        return interleave(self.device, [full, first], warmups, self.args.repeats)
 
     def _progress(self, what: str) -> None:
         """One line on stderr per row: the table prints at the end, a slow CPU run takes long."""
@@ -492,41 +489,83 @@ class Bench:
 
     # -- camera sweep --------------------------------------------------------------------------
 
-    def engine_cameras(self, count: int) -> dict:
-        self._progress(f"{count} camera(s): engine")
-
+    def _engine_captions(self, count: int) -> Callable[[], list[Result]]:
         def work() -> list[Result]:
             self.engine.clear_cache()
             return self.engine.caption_batch(self.frames[:count], **self.limits)
 
-        return engine_row(self._repeat(work), "captions")
+        return work
+
+    def _anchor_captions(self, path: str, count: int, tokens: int) -> Callable[[], list]:
+        frames, cache = self.frames[:count], ANCHORS[path]
+        return lambda: anchor_generate(self.engine, frames, DEFAULT_CAPTION_PROMPT, tokens, cache)
+
+    def _anchor_warmup(self, path: str) -> int:
+        """The static anchor always gets a warm-up: on CUDA its first call per batch size
+        compiles (and records CUDA graphs), which is not what a caption costs."""
+        return max(self.args.warmup, 1) if path == STATIC else self.args.warmup
+
+    def engine_cameras(self, count: int) -> dict:
+        self._progress(f"{count} camera(s): engine")
+        return engine_row(self._repeat(self._engine_captions(count)), "captions")
 
     def anchor_cameras(self, path: str, count: int) -> dict:
         self._progress(f"{count} camera(s): {path}")
-        frames, cache = self.frames[:count], ANCHORS[path]
-
-        def captions(tokens: int) -> Callable[[], list[list[int]]]:
-            return lambda: anchor_generate(
-                self.engine, frames, DEFAULT_CAPTION_PROMPT, tokens, cache
-            )
-
-        # The static anchor always gets a warm-up: on CUDA its first call per batch size
-        # compiles (and records CUDA graphs), which is not what a caption costs.
-        warmup = max(self.args.warmup, 1) if path == STATIC else self.args.warmup
-        if path == STATIC and self.probe.model is not self.engine.loaded.ensure_weights():
-            self.probe = CompileProbe(self.engine.loaded.model)  # weights loaded just now
-        with self.probe.active() if path == STATIC else contextlib.nullcontext():
-            timed, first = self._interleave(captions(self.tokens), warmup, captions(1))
+        timed, first = interleave(
+            self.device,
+            [
+                self._anchor_captions(path, count, self.tokens),
+                self._anchor_captions(path, count, 1),
+            ],
+            [self._anchor_warmup(path), self.args.warmup],
+            self.args.repeats,
+        )
         return anchor_row(timed, first, "captions")
 
-    def camera_sweep(self, anchors: Sequence[str]) -> list[dict]:
-        """Every engine row first, then each anchor's (see the module docstring), then the
-        per-count ratios and token agreement."""
-        counts = self.args.cameras
-        rows = {ENGINE: {n: self.engine_cameras(n) for n in counts}}
+    def cameras_alternating(self, count: int, anchors: Sequence[str]) -> dict[str, dict]:
+        """One camera count, every path's timed runs alternating (engine, each anchor's full
+        and one-token call, then again), so load drifting on a shared CPU hits all alike."""
+        self._progress(f"{count} camera(s): {', '.join((ENGINE, *anchors))}, runs alternating")
+        works: list[Callable[[], Any]] = [self._engine_captions(count)]
+        warmups = [self.args.warmup]
         for path in anchors:
-            rows[path] = {n: self.anchor_cameras(path, n) for n in counts}
-        return [self._sweep_entry(n, {p: r[n] for p, r in rows.items()}) for n in counts]
+            works += [
+                self._anchor_captions(path, count, self.tokens),
+                self._anchor_captions(path, count, 1),
+            ]
+            warmups += [self._anchor_warmup(path), self.args.warmup]
+        timed = interleave(self.device, works, warmups, self.args.repeats)
+        rows = {ENGINE: engine_row(timed[0], "captions")}
+        for index, path in enumerate(anchors):
+            rows[path] = anchor_row(timed[1 + 2 * index], timed[2 + 2 * index], "captions")
+        return rows
+
+    def camera_sweep(self, anchors: Sequence[str]) -> list[dict]:
+        """The rows per camera count, their ratios and token agreement. On CUDA path by path,
+        every engine row first: compiled anchors keep memory pools that would count in the
+        engine's peak, and a GPU is not shared. On the CPU the paths' runs alternate per
+        count: a shared machine's load drifts over the minutes a path takes."""
+        counts = self.args.cameras
+        if not self.device.startswith("cuda"):
+            with self._probe(anchors):
+                rows = {n: self.cameras_alternating(n, anchors) for n in counts}
+            return [self._sweep_entry(n, rows[n]) for n in counts]
+        by_path = {ENGINE: {n: self.engine_cameras(n) for n in counts}}
+        with self._probe(anchors):
+            for path in anchors:
+                by_path[path] = {n: self.anchor_cameras(path, n) for n in counts}
+        return [self._sweep_entry(n, {p: r[n] for p, r in by_path.items()}) for n in counts]
+
+    @contextlib.contextmanager
+    def _probe(self, anchors: Sequence[str]) -> Iterator[None]:
+        """Record transformers' compile decisions while the anchors run. Their torch weights
+        load here, after any engine rows before, if the engine's backend did not need them."""
+        if not anchors:
+            yield
+            return
+        self.probe = CompileProbe(self.engine.loaded.ensure_weights())
+        with self.probe.active():
+            yield
 
     @staticmethod
     def _sweep_entry(count: int, rows: dict[str, dict]) -> dict:
@@ -546,6 +585,8 @@ class Bench:
     # -- questions about one frame -------------------------------------------------------------
 
     def questions(self, with_anchor: bool) -> dict:
+        """Separate requests, ask_many and (``with_anchor``) plain generate() one question at a
+        time, their timed runs alternating."""
         asked = QUESTIONS[: self.args.questions]
         frame = self.frames[0]
         self._progress(f"{len(asked)} question(s)")
@@ -561,27 +602,25 @@ class Bench:
             self.engine.clear_cache()
             return self.engine.ask_many(frame, asked, **self.limits)
 
-        entry = {
-            "questions": len(asked),
-            "separate": engine_row(self._repeat(separate), "answers", batch=False),
-            "shared": engine_row(self._repeat(shared), "answers"),
-        }
-        if with_anchor:
-            entry[GENERATE] = self._anchor_questions(frame, asked)
-            entry["separate_vs_generate"] = ratio(entry[GENERATE], entry["separate"])
-            entry["shared_vs_generate"] = ratio(entry[GENERATE], entry["shared"])
-        return entry
-
-    def _anchor_questions(self, frame: Frame, asked: Sequence[str]) -> dict:
-        """Plain generate(), one question at a time (what a client of transformers does)."""
-
         def answers(questions: Sequence[str], tokens: int) -> Callable[[], list[list[int]]]:
             return lambda: [
                 anchor_generate(self.engine, [frame], q, tokens, None)[0] for q in questions
             ]
 
-        timed, first = self._interleave(answers(asked, self.tokens), None, answers(asked[:1], 1))
-        return anchor_row(timed, first, "answers", in_sequence=len(asked))
+        works = [separate, shared]
+        if with_anchor:
+            works += [answers(asked, self.tokens), answers(asked[:1], 1)]
+        timed = interleave(self.device, works, [self.args.warmup] * len(works), self.args.repeats)
+        entry = {
+            "questions": len(asked),
+            "separate": engine_row(timed[0], "answers", batch=False),
+            "shared": engine_row(timed[1], "answers"),
+        }
+        if with_anchor:
+            entry[GENERATE] = anchor_row(timed[2], timed[3], "answers", in_sequence=len(asked))
+            entry["separate_vs_generate"] = ratio(entry[GENERATE], entry["separate"])
+            entry["shared_vs_generate"] = ratio(entry[GENERATE], entry["shared"])
+        return entry
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -786,8 +825,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"environment": env, "floor": floor}
     print(f"{'workload':<14} {'path':<9} " + " ".join(f"{c:>9}" for c in (*COLUMNS, *RATIOS)))
     floor_ms = floor["floor_ms_per_token"]
-    # Questions first: the camera sweep ends with the static anchor, whose compiled graphs
-    # keep memory pools that would count in later rows' peaks.
+    # Questions first: on CUDA the camera sweep ends with the static anchor, whose compiled
+    # graphs keep memory pools that would count in later rows' peaks.
     if "questions" in args.scenarios:
         report["questions"] = bench.questions(GENERATE in args.anchors)
     if "cameras" in args.scenarios:
@@ -795,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
         print_sweep(report["cameras"], floor_ms, args.anchors)
     if "questions" in args.scenarios:
         print_questions(report["questions"], floor_ms)
-    if STATIC in args.anchors and "cameras" in args.scenarios:
+    if STATIC in args.anchors and bench.probe is not None:
         report["static_anchor"] = bench.probe.report()
         print(compile_line(report["static_anchor"]))
     line = agreement_line(report.get("cameras", []))
