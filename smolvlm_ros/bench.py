@@ -13,6 +13,12 @@ photographs for every row, so that every comparison comes from ONE run:
 - questions:  --questions questions about one frame: the engine as independent requests
               (embedding cache off) and with encode-once + shared prompt prefix (ask_many),
               against plain `generate()` one question at a time
+- answers:    what each answer type costs on one frame whose image encoding is shared (cached,
+              as on a robot asking several questions about the newest frame): free text of
+              exactly --max-new-tokens tokens, yes_no and choice (all options scored in one
+              batched pass), count (digits-only decoding) and json (decoding under a schema),
+              their timed runs alternating; "x prefill" is a row's time over the free-text
+              answer's prefill (its TTFT without vision), the unit a typed answer is priced in
 
 Per row: time to first token (TTFT: preprocessing, vision and prefill), per-token decode time
 (per decode step: a batch makes one token for every caption per step), end to end, captions/s
@@ -54,6 +60,7 @@ import PIL.Image
 import torch
 
 from smolvlm_ros.engine import DEFAULT_CAPTION_PROMPT, Engine, Frame, Result
+from smolvlm_ros.engine.answers import AnswerSpec
 from smolvlm_ros.engine.reference import reference_inputs
 from smolvlm_ros.photos import PHOTO_NAMES, photo
 from smolvlm_ros.settings import Group, Settings, SettingsError, names_in
@@ -63,6 +70,28 @@ from smolvlm_ros.settings.cli import add_setting_flags, settings_from_flags
 # answer length (the benchmark forces exactly max_new_tokens so every run does the same work).
 BENCH_SETTINGS = [*names_in(Group.ENGINE, Group.TILING), "max_new_tokens"]
 BENCH_DEFAULTS = {"model": "random:256m"}
+
+# One question per answer type, about the same frame (the "answers" scenario).
+ANSWER_TYPES: dict[str, tuple[str, AnswerSpec]] = {
+    "text": ("Is the path ahead clear?", AnswerSpec()),
+    "yes_no": ("Is the path ahead clear?", AnswerSpec.parse("yes_no")),
+    "choice": ("Which side is clearer?", AnswerSpec.parse("choice", ["left", "right", "neither"])),
+    "count": ("How many people are there?", AnswerSpec.parse("count")),
+    "json": (
+        "Describe the path ahead.",
+        AnswerSpec.parse(
+            "json",
+            schema=json.dumps(
+                {
+                    "type": "object",
+                    "properties": {"clear": {"type": "boolean"}, "people": {"type": "integer"}},
+                    "required": ["clear", "people"],
+                    "additionalProperties": False,
+                }
+            ),
+        ),
+    ),
+}
 
 QUESTIONS = [
     "What is in this image?",
@@ -78,7 +107,7 @@ QUESTIONS = [
 ENGINE, GENERATE, STATIC = "engine", "generate", "static"
 # Anchor path -> transformers' cache_implementation (None: generate()'s default, dynamic).
 ANCHORS: dict[str, str | None] = {GENERATE: None, STATIC: "static"}
-SCENARIOS = ("cameras", "questions")
+SCENARIOS = ("cameras", "questions", "answers")
 MAX_CAMERAS = 64
 
 # How transformers 5.23 decides to compile generate()'s decode step by itself
@@ -622,6 +651,40 @@ class Bench:
             entry["shared_vs_generate"] = ratio(entry[GENERATE], entry["shared"])
         return entry
 
+    # -- what each answer type costs -----------------------------------------------------------
+
+    def answer_types(self) -> dict:
+        """One question per answer type about one frame, its image encoding shared (cached)
+        as when several questions are asked about the newest frame; timed runs alternate.
+        Free text makes exactly --max-new-tokens tokens; typed answers stop where their
+        constraint ends them (at most --max-new-tokens)."""
+        frame = self.frames[0]
+        self._progress(f"answer types: {', '.join(ANSWER_TYPES)}")
+        self.engine.clear_cache()
+        question, _ = ANSWER_TYPES["text"]
+        cold = self.engine.ask(frame, question, **self.limits)  # encodes; the rest reuse it
+
+        def ask(name: str) -> Callable[[], list[Result]]:
+            question, spec = ANSWER_TYPES[name]
+            limits = self.limits if name == "text" else {"max_new_tokens": self.tokens}
+            return lambda: [self.engine.ask(frame, question, answer=spec, **limits)]
+
+        names = list(ANSWER_TYPES)
+        timed = interleave(
+            self.device, [ask(n) for n in names], [self.args.warmup] * len(names),
+            self.args.repeats,
+        )  # fmt: skip
+        rows = {name: engine_row(t, "answers") for name, t in zip(names, timed, strict=True)}
+        text = rows["text"]["summary"]
+        for name, row in rows.items():
+            summary = row["summary"]
+            summary["x_prefill"] = summary["e2e_s"] * 1e3 / text["prefill_ms"]
+            summary["vs_text"] = text["e2e_s"] / summary["e2e_s"]
+            typed = [r.typed for r in timed[names.index(name)]["runs"][0].out]
+            row["value"] = None if typed[0] is None else repr(typed[0].value)
+            row["confidence"] = None if typed[0] is None else typed[0].confidence
+        return {"encode_ms": cold.timing.encode_ms, **rows}
+
 
 # -- the report -------------------------------------------------------------------------------
 
@@ -660,6 +723,7 @@ def environment(bench: Bench) -> dict:
 
 COLUMNS = ("e2e s", "TTFT ms", "ms/tok", "x floor", "req/s", "tok/s", "peak MB")
 RATIOS = ("vs gen", "vs static")
+ANSWER_COLUMNS = ("e2e ms", "prefill ms", "ms/tok", "tokens", "x prefill", "vs text")
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -709,6 +773,23 @@ def print_questions(entry: dict, floor_ms: float) -> None:
     print(table_line("", "ask_many", entry["shared"], floor_ms, (vs("shared_vs_generate"), None)))
     if GENERATE in entry:
         print(table_line("", GENERATE, entry[GENERATE], floor_ms, (None, None)))
+
+
+def print_answer_types(entry: dict) -> None:
+    """Its own small table: a typed answer is priced in prefills of the free-text answer."""
+    print(f"# answer types, one frame, its encoding shared ({entry['encode_ms']:.0f} ms once):")
+    print(f"{'type':<8} " + " ".join(f"{c:>9}" for c in ANSWER_COLUMNS))
+    for name in ANSWER_TYPES:
+        s = entry[name]["summary"]
+        cells = [
+            _fmt(s["e2e_s"] * 1e3, ".1f"),
+            _fmt(s["prefill_ms"], ".1f"),
+            _fmt(s["decode_ms_per_token"] if s["decode_ms_per_token"] else None, ".2f"),
+            str(s["generated_tokens"]),
+            _fmt(s["x_prefill"], ".2f"),
+            _fmt(s["vs_text"], ".2f"),
+        ]
+        print(f"{name:<8} " + " ".join(f"{c:>9}" for c in cells))
 
 
 def agreement_line(sweep: list[dict]) -> str | None:
@@ -834,6 +915,9 @@ def main(argv: list[str] | None = None) -> int:
         print_sweep(report["cameras"], floor_ms, args.anchors)
     if "questions" in args.scenarios:
         print_questions(report["questions"], floor_ms)
+    if "answers" in args.scenarios:
+        report["answers"] = bench.answer_types()
+        print_answer_types(report["answers"])
     if STATIC in args.anchors and bench.probe is not None:
         report["static_anchor"] = bench.probe.report()
         print(compile_line(report["static_anchor"]))

@@ -105,6 +105,26 @@ def test_questions_rows(bench_run):
     assert questions["generate"]["summary"]["requests"] == 3
 
 
+def test_answer_types_rows(bench_run):
+    stdout, report = bench_run
+    answers = report["answers"]
+    assert _positive(answers["encode_ms"])
+    for name in ("text", "yes_no", "choice", "count", "json"):
+        summary = answers[name]["summary"]
+        assert _positive(summary["e2e_s"]) and _positive(summary["x_prefill"]), name
+        assert answers[name]["token_ids"][0], name
+        # the frame was encoded once before: every typed answer reused it
+        assert answers[name]["reused_encoding"] == [True], name
+    assert answers["text"]["summary"]["generated_tokens"] == TOKENS
+    assert answers["text"]["value"] is None  # free text has no typed value
+    assert answers["yes_no"]["value"] in ("True", "False")
+    assert answers["choice"]["value"] in ("'left'", "'right'", "'neither'")
+    for name in ("yes_no", "choice"):  # scored in one pass: nothing decoded
+        assert answers[name]["summary"]["decode_ms_per_token"] == 0.0
+        assert 0.0 <= answers[name]["confidence"] <= 1.0
+    assert "# answer types, one frame" in stdout and "x prefill" in stdout
+
+
 def test_agreement_counts_identical_captions_and_common_prefixes():
     assert agreement([[1, 2, 3], [4, 5, 6]], [[1, 2, 3], [4, 9, 6]]) == {
         "identical": 0.5,
