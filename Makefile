@@ -17,7 +17,7 @@ SOURCES := CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv action/*.ac
 	$(wildcard scripts/* launch/* config/*) \
 	$(shell find smolvlm_ros -name '*.py' 2>/dev/null)
 
-.PHONY: setup demo test test-slow soak lint format clean cpu-runtime openvino-anchor
+.PHONY: setup demo test test-slow test-npu soak lint format clean cpu-runtime openvino-anchor npu-env
 
 setup: $(BUILD_STAMP) $(LAUNCH_STAMP)
 
@@ -70,13 +70,13 @@ format: $(DEPS_STAMP)
 	$(PY) -m ruff format .
 
 test: setup lint
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not npu"
 
 test-slow: setup
 	$(PY) -m pytest -m slow
 
 test-core: $(DEPS_STAMP)  # what needs no ROS (tests not marked `ros`)
-	$(PY) -m pytest -m "not ros and not slow"
+	$(PY) -m pytest -m "not ros and not slow and not npu"
 
 # The load test for longer than `make test` runs it (60 s): SOAK_S seconds, figures printed.
 SOAK_S ?= 300
@@ -98,6 +98,20 @@ $(ANCHOR_VENV)/.installed: requirements/openvino-anchor.txt
 	$(ANCHOR_VENV)/bin/python -m pip install --quiet -r requirements/openvino-anchor.txt
 	$(ANCHOR_VENV)/bin/python -m pip install --quiet --no-deps optimum-intel==2.2.0
 	touch $@
+
+# The Rockchip converter (rknn-toolkit2 and its x86 simulator) in its own venv: a workstation
+# tool, never a runtime dependency (requirements/rknn-toolkit.txt says why it goes in --no-deps).
+RKNN_VENV := .venv-rknn
+npu-env: $(RKNN_VENV)/.installed
+$(RKNN_VENV)/.installed: requirements/rknn-toolkit.txt
+	test -x $(RKNN_VENV)/bin/python || $(PYTHON) -m venv $(RKNN_VENV)
+	$(RKNN_VENV)/bin/python -m pip install --quiet -r requirements/rknn-toolkit.txt
+	$(RKNN_VENV)/bin/python -m pip install --quiet --no-deps rknn-toolkit2==2.5.0
+	touch $@
+
+# The NPU conversion through rknn-toolkit2's simulator (tests marked `npu`; not in `make test`).
+test-npu: $(DEPS_STAMP) npu-env
+	$(PY) -m pytest -m npu
 
 clean:
 	rm -rf build build.log $(VENV)

@@ -61,6 +61,11 @@ class BackendOptions:
     cpu_threads: int = 0
     # Quantisation, for backends that offer it (openvino): none | int8.
     quantization: str = "none"
+    # Rockchip NPU (rknn): the converted model's directory or .rknn file ("": the conversion of
+    # this checkpoint for this board's SoC in the cache), and the NPU cores to run on
+    # (auto | 0 | 1 | 2 | 0_1 | 0_1_2; rknn_backend.CORE_MASKS).
+    rknn_model: str = ""
+    npu_core_mask: str = "auto"
 
 
 @dataclass(frozen=True)
