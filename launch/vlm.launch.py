@@ -7,7 +7,7 @@
     ros2 launch smolvlm_ros vlm.launch.py respawn:=true   # restart after an internal failure
     ros2 launch smolvlm_ros vlm.launch.py autostart:=false  # then: ros2 lifecycle set /smolvlm ...
 
-`profile` (cpu | gpu) loads config/<profile>.yaml on top of the parameters file; `model`,
+`profile` (cpu | gpu | remote) loads config/<profile>.yaml on top of the parameters file; `model`,
 `backend`, `device` and `image_topics` override both when given; `image_topic` remaps the
 default camera topic /camera/image_raw, so a camera driver is wired in without editing YAML.
 
@@ -36,7 +36,7 @@ ARGUMENTS = {
     # name: (default, description); params_file's default is filled in below
     "params_file": (None, "YAML file with the node's parameters"),
     "namespace": ("", "Namespace of the node (and so of ~/caption and ~/ask)"),
-    "profile": ("", "Hardware profile loaded on top of params_file: cpu | gpu (empty: none)"),
+    "profile": ("", "Profile loaded on top of params_file: cpu | gpu | remote (empty: none)"),
     "model": ("", "Override `model`: hub id, checkpoint directory or random:<shape>"),
     "backend": ("", "Override `backend`: torch"),
     "device": ("", "Override `device`: auto | cpu | cuda"),
@@ -78,7 +78,7 @@ def _node(context):
             get_package_share_directory("smolvlm_ros"), "config", f"{arg('profile')}.yaml"
         )
         if not os.path.isfile(profile):
-            raise RuntimeError(f"profile {arg('profile')!r}: no {profile} (cpu | gpu)")
+            raise RuntimeError(f"profile {arg('profile')!r}: no {profile} (cpu | gpu | remote)")
         files.append(profile)
     respawn = flag("respawn")
     node = LifecycleNode(

@@ -62,7 +62,7 @@ def test_the_table_changes_when_the_schema_does(monkeypatch):
         ({"caption_rate_hz": math.nan}, "caption_rate_hz nan: must be a finite number"),
         ({"caption_rate_hz": -1}, "caption_rate_hz -1.0: expected 0-1000"),
         ({"device": "gpu"}, "device 'gpu': expected one of auto, cpu, cuda"),
-        ({"backend": "tensorrt"}, "backend 'tensorrt': expected one of auto, openvino, torch"),
+        ({"backend": "tensorrt"}, "backend 'tensorrt': expected one of auto, openvino, remote"),
         ({"mosaic": "true"}, "mosaic must be true or false, got 'true'"),
         ({"image_topics": "/cam"}, "image_topics must be a list, got '/cam'"),
         ({"image_topics": []}, "image_topics must list at least one topic"),

@@ -43,6 +43,8 @@ from smolvlm_ros.engine.backends.base import (
     Sampling,
     StopCheck,
     TokenCallback,
+    WholeAnswer,
+    WholeRequest,
 )
 from smolvlm_ros.engine.backends.registry import AUTO, BackendChoice, Capability, choose
 from smolvlm_ros.engine.cache import EmbeddingCache, frame_key
@@ -54,6 +56,7 @@ from smolvlm_ros.engine.types import (
     FINISH_DEADLINE,
     FINISH_LENGTH,
     FINISH_STOP,
+    FinishReason,
     Frame,
     Result,
     Timing,
@@ -88,6 +91,7 @@ class EngineConfig:
     compile: str = "auto"  # compile the decode step (backends that can): auto | on | off
     cpu_threads: int = 0  # runtimes that take a thread count (openvino); 0: the usable cores
     quantization: str = "none"  # backends that offer it (openvino): none | int8
+    remote: object | None = None  # backend remote: its RemoteOptions (server, key, images)
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,9 @@ class Engine:
         self.capabilities = (
             backend_choice.spec.capabilities if backend_choice else frozenset(Capability)
         )
+        # A backend that runs the whole model per request (a remote server) has `whole` and no
+        # stages: the engine hands it WholeRequests (see _whole).
+        self.whole = getattr(backend, "whole", None)
         self.tiling = (tiling or TilingConfig()).validate()
         self.sampling = (sampling or Sampling()).validate()
         self.processor = loaded.processor
@@ -199,6 +206,7 @@ class Engine:
             compile=config.compile,
             cpu_threads=config.cpu_threads,
             quantization=config.quantization,
+            remote=config.remote,
         )
         backend = choice.spec.build(loaded, options)
         return cls(
@@ -208,6 +216,11 @@ class Engine:
     def supports(self, capability: Capability) -> bool:
         """Whether the backend can do ``capability`` (batching, streaming, prefix reuse)."""
         return capability in self.capabilities
+
+    def backend_problem(self) -> str | None:
+        """Why the backend fails requests right now (a remote server down: its circuit is
+        open), for /diagnostics; None when nothing is known to be wrong."""
+        return self.whole.problem() if self.whole is not None else None
 
     @property
     def is_random(self) -> bool:
@@ -333,6 +346,8 @@ class Engine:
         started, queue_wait_s = time.perf_counter(), _queue_wait(frames)
         lim = Limits(**limits).validate()
         self._check_text(user_text)
+        if self.whole is not None:
+            return self._whole([frames], user_text, kind, lim, started, queue_wait_s)[0]
         encoded = self._encode(frames, lim)
         t0 = time.perf_counter()
         ids = self.prompt_ids(user_text, [e.plan for e in encoded])
@@ -398,6 +413,8 @@ class Engine:
         if len(frames) > 1 and not self.supports(Capability.BATCHING):
             return [self.caption(frame, prompt, **limits) for frame in frames]
         self._check_text(prompt)
+        if self.whole is not None:  # concurrent requests: the server batches
+            return self._whole([[f] for f in frames], prompt, CAPTION, lim, started, queue_wait_s)
         encoded = self._encode(frames, lim)
         t0 = time.perf_counter()
         ids = [self.prompt_ids(prompt, [e.plan]) for e in encoded]
@@ -411,6 +428,118 @@ class Engine:
             )
             for e, i, g in zip(encoded, ids, generations, strict=True)
         ]
+
+    # -- whole requests (a remote server runs the model) ------------------------------------
+
+    def _images(self, frame: Frame) -> list[np.ndarray]:
+        """What a server is sent for one frame: the frame itself, or (remote image mode
+        ``tiles``) the engine's tile grid row by row, then the whole frame as the global image."""
+        options = getattr(self.whole, "options", None)
+        if getattr(options, "image_mode", "frame") != "tiles":
+            return [frame.image]
+        plan = self.plan(frame)
+        height, width = frame.image.shape[:2]
+        tiles = [
+            frame.image[
+                r * height // plan.rows : (r + 1) * height // plan.rows,
+                c * width // plan.cols : (c + 1) * width // plan.cols,
+            ]
+            for r in range(plan.rows)
+            for c in range(plan.cols)
+        ]
+        return [*tiles, frame.image]
+
+    def _whole(
+        self,
+        groups: Sequence[Sequence[Frame]],
+        user_text: str,
+        kind: str,
+        limits: Limits,
+        started: float,
+        queue_wait_s: float,
+    ) -> list[Result]:
+        """One result per group of frames, each group one request to a backend that runs the
+        whole model; the groups go out together (the server batches them). Streamed text is
+        passed on as token ids of this checkpoint's tokenizer (its byte-level BPE decodes the
+        ids of consecutive pieces to exactly their concatenation)."""
+        if not all(groups):
+            raise ValueError("a request needs at least one frame")
+        _StopWatch(limits).check_before_start()
+        on_text = None
+        if limits.on_token is not None:
+            on_token = limits.on_token
+
+            def on_text(piece: str) -> None:
+                for token in self.tokenizer.encode(piece, add_special_tokens=False):
+                    on_token(token)
+
+        images = [[image for f in frames for image in self._images(f)] for frames in groups]
+        requests = [
+            WholeRequest(
+                images=tuple(group_images),
+                text=user_text,
+                max_new_tokens=limits.max_new_tokens,
+                min_new_tokens=limits.min_new_tokens,
+                sampling=self.sampling,
+                deadline=limits.deadline,
+                on_text=on_text,
+                should_stop=limits.should_stop,
+            )
+            for group_images in images
+        ]
+        answers = self.whole.run(requests)
+        return [
+            self._whole_result(kind, user_text, frames, len(imgs), answer, started, queue_wait_s)
+            for frames, imgs, answer in zip(groups, images, answers, strict=True)
+        ]
+
+    def _whole_result(
+        self,
+        kind: str,
+        user_text: str,
+        frames: Sequence[Frame],
+        num_images: int,
+        answer: WholeAnswer,
+        started: float,
+        queue_wait_s: float,
+    ) -> Result:
+        newest = max(frames, key=lambda f: f.stamp_ns)
+        tiled = getattr(getattr(self.whole, "options", None), "image_mode", "") == "tiles"
+        plan = self.plan(frames[0]) if tiled else None
+        try:
+            finish = FinishReason(answer.finish_reason)
+        except ValueError:  # e.g. content_filter: the server ended it
+            finish = FINISH_STOP
+        timing = Timing(
+            queue_wait_ms=_ms(queue_wait_s),
+            preprocess_ms=_ms(answer.encode_s),  # JPEG / PNG encoding here
+            encode_ms=0.0,  # the vision stage runs on the server, inside its prompt time
+            prefill_ms=_ms(answer.prefill_s),
+            decode_ms=_ms(answer.decode_s),
+            total_ms=_ms(queue_wait_s + time.perf_counter() - started),
+            prompt_tokens=answer.prompt_tokens,
+            image_tokens=0,  # the server's own tiling; it reports no image-token count
+            generated_tokens=answer.generated_tokens,
+        )
+        return Result(
+            kind=kind,
+            text=answer.text,
+            prompt=user_text,
+            camera=",".join(f.camera for f in frames),
+            stamp_ns=newest.stamp_ns,
+            frame_id=newest.frame_id,
+            model=answer.model,
+            backend=self.backend.name,
+            device=self.backend.device,
+            dtype=self.backend.dtype,
+            tile_rows=plan.rows if plan else 0,
+            tile_cols=plan.cols if plan else 0,
+            num_images=num_images,
+            timing=timing,
+            token_ids=self.tokenizer.encode(answer.text, add_special_tokens=False),
+            finish_reason=finish,
+            tiling_note=plan.note if plan else "",
+        )
 
     def warm_up(
         self,

@@ -3,7 +3,8 @@ diagnostic_aggregator): one status for the model, one per camera.
 
 The model's status is ERROR while the worker is stalled past half its watchdog timeout, was
 restarted after a crash in the last minute, is backing off after repeated failures, or fails
-every request; WARN with failures of any kind. A camera's status is WARN when it is silent or
+every request, or while its backend says requests fail (a remote server down: its
+circuit is open); WARN with failures of any kind. A camera's status is WARN when it is silent or
 when its captions fall well below their target rate (the model is too slow for all cameras, or
 questions take its time).
 """
@@ -197,6 +198,8 @@ def _model_level(
         level, message = error, f"no progress for {stalled[1]:.0f} s on a {stalled[0]}"
     elif health.crash:
         level, message = error, f"worker thread died and was restarted: {health.crash}"
+    elif problem := engine.backend_problem():  # e.g. the remote server is down
+        level, message = error, problem
     elif health.backoff_s > 0:
         level, message = (
             error,

@@ -26,6 +26,12 @@ from smolvlm_ros.engine import (
 from smolvlm_ros.engine.backends.base import COMPILE_MODES, QUANTIZATIONS
 from smolvlm_ros.engine.backends.registry import backend_names
 from smolvlm_ros.engine.engine import DEFAULT_EMBEDDING_CACHE
+from smolvlm_ros.engine.remote.options import (
+    IMAGE_FORMATS,
+    IMAGE_MODES,
+    RemoteConfigError,
+    RemoteOptions,
+)
 from smolvlm_ros.models.loading import DEFAULT_MODEL, DEVICES, DTYPES
 from smolvlm_ros.pipeline.runner import CaptionSettings
 from smolvlm_ros.pipeline.scheduler import CameraConfig
@@ -42,6 +48,7 @@ class Group(StrEnum):
     """What a setting is about; front ends pick the groups they expose."""
 
     ENGINE = "engine"  # which model, on which backend, device and dtype
+    REMOTE = "remote"  # backend remote: the inference server, its key, images, failures
     TILING = "tiling"  # how frames become image tiles
     GENERATION = "generation"  # what is asked and how long answers may be
     SCHEDULING = "scheduling"  # which frames get captioned, and when
@@ -159,6 +166,7 @@ def _s(default: Any, description: str, group: Group, **spec: Any) -> Any:
 
 
 E, T, G, S, N = Group.ENGINE, Group.TILING, Group.GENERATION, Group.SCHEDULING, Group.NODE
+R = Group.REMOTE
 
 
 @dataclass(frozen=True)
@@ -209,6 +217,76 @@ class Settings:
         "calibrated on real photographs (faster; accuracy cost in the README); `none`: the "
         "compute dtype throughout",
         E, choices=QUANTIZATIONS,
+    )  # fmt: skip
+    remote_url: str = _s(
+        "",
+        "backend `remote`: base URL of the OpenAI-compatible server (vLLM, SGLang, TGI, "
+        "llama-server), e.g. `http://gpu-server:8000/v1`",
+        R,
+    )  # fmt: skip
+    remote_model: str = _s(
+        "", "backend `remote`: the server's model name; empty: the first `/v1/models` lists", R
+    )
+    remote_api_key_file: str = _s(
+        "",
+        "backend `remote`: a file holding the API key (never the key itself: parameters "
+        "are readable by anyone on the ROS graph)",
+        R,
+    )  # fmt: skip
+    remote_api_key_env: str = _s(
+        "", "backend `remote`: or the name of an environment variable holding the API key", R
+    )
+    remote_ca_bundle: str = _s(
+        "",
+        "backend `remote`: PEM file of the CAs to trust for https (verification is always "
+        "on); empty: the system's trust store",
+        R,
+    )  # fmt: skip
+    remote_images: str = _s(
+        "frame",
+        "backend `remote`: `frame`: each frame as one image (the server tiles it); `tiles`: "
+        "the engine's tile grid and the global image as separate images",
+        R, choices=IMAGE_MODES,
+    )  # fmt: skip
+    remote_image_format: str = _s(
+        "jpeg", "backend `remote`: how images travel (base64 data URLs)", R, choices=IMAGE_FORMATS
+    )
+    remote_jpeg_quality: int = _s(90, "backend `remote`: JPEG quality", R, minimum=1, maximum=100)
+    remote_image_max_edge: int = _s(
+        1024,
+        "backend `remote`: images are scaled down to this longest edge before sending; `0`: "
+        "as they are",
+        R, minimum=0, maximum=16384,
+    )  # fmt: skip
+    remote_max_concurrency: int = _s(
+        4,
+        "backend `remote`: requests this node has in flight at once (a batch of cameras goes "
+        "out together; the server batches them)",
+        R, minimum=1, maximum=256,
+    )  # fmt: skip
+    remote_timeout_s: float = _s(
+        30.0,
+        "backend `remote`: a request's time limit when it has no deadline of its own "
+        "(questions carry theirs)",
+        R, minimum=0.1, maximum=3600.0,
+    )  # fmt: skip
+    remote_retries: int = _s(
+        2,
+        "backend `remote`: retries after a 5xx or a connection error, with backoff (a 4xx "
+        "is never retried)",
+        R, minimum=0, maximum=10,
+    )  # fmt: skip
+    remote_breaker_failures: int = _s(
+        3,
+        "backend `remote`: failed requests in a row that open the circuit: requests then "
+        "fail at once and /diagnostics says ERROR until the server answers again",
+        R, minimum=1, maximum=1000,
+    )  # fmt: skip
+    remote_breaker_reset_s: float = _s(
+        5.0,
+        "backend `remote`: how long the circuit stays open before one request probes the "
+        "server",
+        R, minimum=0.1, maximum=3600.0,
     )  # fmt: skip
     image_splitting: bool = _s(
         False,
@@ -371,6 +449,11 @@ class Settings:
             self.tiling().validate()
         except TilingError as err:
             raise SettingsError(str(err)) from err
+        if self.backend == "remote":
+            try:
+                self.remote().validate()
+            except RemoteConfigError as err:
+                raise SettingsError(str(err)) from err
         return self
 
     # -- what the core takes -------------------------------------------------------------------
@@ -385,6 +468,25 @@ class Settings:
             allow_upsampling=self.allow_upsampling,
         )
 
+    def remote(self) -> RemoteOptions:
+        """The remote backend's options (used when ``backend`` is ``remote``)."""
+        return RemoteOptions(
+            url=self.remote_url,
+            model=self.remote_model,
+            api_key_file=self.remote_api_key_file,
+            api_key_env=self.remote_api_key_env,
+            ca_bundle=self.remote_ca_bundle,
+            image_format=self.remote_image_format,
+            jpeg_quality=self.remote_jpeg_quality,
+            image_max_edge=self.remote_image_max_edge,
+            image_mode=self.remote_images,
+            max_concurrency=self.remote_max_concurrency,
+            timeout_s=self.remote_timeout_s,
+            retries=self.remote_retries,
+            breaker_failures=self.remote_breaker_failures,
+            breaker_reset_s=self.remote_breaker_reset_s,
+        )
+
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
             model=self.model,
@@ -394,6 +496,7 @@ class Settings:
             compile=self.compile,
             cpu_threads=self.cpu_threads,
             quantization=self.quantization,
+            remote=self.remote() if self.backend == "remote" else None,
             tiling=self.tiling(),
             # A batch of cameras with standing questions reuses every frame's encoding.
             embedding_cache_size=max(DEFAULT_EMBEDDING_CACHE, self.max_batch),

@@ -61,6 +61,8 @@ class BackendOptions:
     cpu_threads: int = 0
     # Quantisation, for backends that offer it (openvino): none | int8.
     quantization: str = "none"
+    # The remote backend's server, key, image encoding and failure handling (RemoteOptions).
+    remote: Any = None
     # Rockchip NPU (rknn): the converted model's directory or .rknn file ("": the conversion of
     # this checkpoint for this board's SoC in the cache), and the NPU cores to run on
     # (auto | 0 | 1 | 2 | 0_1 | 0_1_2; rknn_backend.CORE_MASKS).
@@ -129,8 +131,53 @@ class LanguageStage(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class WholeRequest:
+    """One request as a backend that runs the whole model takes it (a remote inference
+    server: the backend's ``whole``): images and text in, text out. The engine
+    still owns the prompt text, the tile plan, bounds, timing and provenance."""
+
+    images: tuple[Any, ...]  # RGB uint8 arrays, in prompt order (frames, or the engine's tiles)
+    text: str  # the user text: caption prompt or question
+    max_new_tokens: int
+    min_new_tokens: int = 0
+    sampling: Sampling = Sampling()
+    deadline: float | None = None  # time.monotonic() by which the answer must be back
+    on_text: Callable[[str], None] | None = None  # each piece of text as the server streams it
+    should_stop: StopCheck | None = None  # polled between streamed pieces: True cancels
+
+
+@dataclass
+class WholeAnswer:
+    """What the server made of a :class:`WholeRequest`."""
+
+    text: str
+    finish_reason: str  # stop | length | deadline | cancelled
+    model: str  # the model as the server names it (and its build, where it says)
+    prompt_tokens: int  # the server's counts (0 where it gives none)
+    generated_tokens: int
+    encode_s: float  # images -> JPEG / PNG on this machine
+    prefill_s: float  # the server's prompt time where it reports one, else 0
+    decode_s: float  # the server's generation time, else the request's round trip
+    round_trip_s: float  # request sent to answer read, retries included
+
+
+class WholeRequestStage(Protocol):
+    """Whole requests -> answers, many in flight at once where the server batches them."""
+
+    def run(self, requests: list[WholeRequest]) -> list[WholeAnswer]:
+        """One answer per request, in order; the first failure is raised."""
+        ...
+
+    def problem(self) -> str | None:
+        """Why requests fail fast right now (the server is down), for /diagnostics; None: ok."""
+        ...
+
+
 class Backend(Protocol):
-    """A pair of stages plus what to report as provenance."""
+    """A pair of stages plus what to report as provenance. A backend that runs the whole model
+    per request (a remote server) has ``whole``, a :class:`WholeRequestStage`, instead (its
+    stages are None); the engine looks for it."""
 
     name: str
     device: str

@@ -71,6 +71,8 @@ class BackendSpec:
     # Whether build() uses the torch model's weights; False (a backend running its own export)
     # lets Engine.from_config skip loading them: LoadedModel.ensure_weights() loads on demand.
     needs_weights: bool = True
+    # Never picked by `auto`: it needs settings of its own to work (remote: a server URL).
+    explicit_only: bool = False
 
     def supports(self, capability: Capability) -> bool:
         return capability in self.capabilities
@@ -244,7 +246,7 @@ class Registry:
 
     def _auto(self, device: str, dtype: str | None) -> BackendChoice:
         candidates = sorted(
-            (s for s in self.specs() if s.runs_on(device)),
+            (s for s in self.specs() if s.runs_on(device) and not s.explicit_only),
             key=lambda s: (-s.priority_for(device), s.name),
         )
         skipped: list[tuple[str, str]] = []
