@@ -31,7 +31,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["smolvlm_ros", "smolvlm_ros.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"demo": ["scikit-image>=0.22"]},  # the sample photographs
+    extras_require={
+        "demo": ["scikit-image>=0.22"],  # the sample photographs
+        "scoring": ["pycocoevalcap>=1.2"],  # replay's caption metrics (requirements/scoring.txt)
+    },
     entry_points={
         "console_scripts": [
             "smolvlm-bench = smolvlm_ros.bench:main",

@@ -121,7 +121,9 @@ def test_every_frame_mode_writes_jsonl_and_a_bag(bag, tmp_path):
     assert len(scored) == 3
     assert {r["camera"] for r in scored} == set(CAMERAS)
     page = (out / "report.html").read_text()
-    assert page.count('src="data:image/jpeg;base64,') == 30  # every captioned frame, shown
+    # every captioned frame shown (and again beside each wrong answer, in the failures)
+    wrong = sum(1 for r in lines if r.get("scores", {}).get("vqa_accuracy", 1.0) < 1.0)
+    assert page.count('src="data:image/jpeg;base64,') == 30 + wrong
     assert page.count("<svg") == 2 and "Random weights" in page
     assert "2 references match no frame" in page and "/typo/image_raw" in page
     assert html.escape(captions[0]["text"]) in page
@@ -238,7 +240,8 @@ def test_two_runs_compare_side_by_side(bag, tmp_path):
         == 0
     )
     done = subprocess.run(
-        [sys.executable, "-m", "smolvlm_ros.replay.compare", str(a), str(b)],
+        [sys.executable, "-m", "smolvlm_ros.replay.compare", str(a), str(b),
+         "--page", str(tmp_path / "compare.html")],
         capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -246,7 +249,8 @@ def test_two_runs_compare_side_by_side(bag, tmp_path):
     assert f"{b}: 0 results about the same frames" not in done.stdout  # captions: same frames
     assert "15 results about the same frames" in done.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "smolvlm_ros.replay.compare", str(a), str(tmp_path)],
+        [sys.executable, "-m", "smolvlm_ros.replay.compare", str(a), str(tmp_path),
+         "--page", str(tmp_path / "compare.html")],
         capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "is not a replay output" in bad.stderr
@@ -287,7 +291,13 @@ def test_live_mode_records_what_the_running_node_publishes(bag, tmp_path):
     with AnyReader([out / "bag"], default_typestore=typestore) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
     assert counts["/smolvlm/caption"] == len(captions) and counts[CAMERAS[0]] == 15
-    assert json.loads((out / "summary.json").read_text())["mode"] == "live-node"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "live-node"
+    clock = summary["bag_clock"]  # on the bag's clock: what the node did in bag time
+    assert clock["seconds"] == pytest.approx(2.8)
+    assert clock["results_per_bag_s"] == pytest.approx(len(lines) / 2.8, abs=1e-3)
+    latency = clock["latency_ms"]
+    assert 0 <= latency["p50"] <= latency["p90"] <= latency["max"]
     assert (out / "report.html").is_file()
 
 

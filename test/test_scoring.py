@@ -59,7 +59,11 @@ def test_score_matches_references_by_stamp_or_frame_index():
     assert (scores.vqa_accuracy, scores.vqa_scored, scores.vqa_missing) == (1.0, 1, 1)
     assert (scores.captions_scored, scores.captions_missing) == (2, 1)
     assert scores.per_record[0]["cider"] > scores.per_record[2]["cider"]  # exact beats loose
-    assert scores.per_record[1] == {"vqa_accuracy": 1.0}
+    assert scores.per_record[1] == {"vqa_accuracy": 1.0, "expected": ["yes", "yes", "yes"]}
+    assert scores.per_record[2]["expected"] == ["a space rocket ready for launch"]
+    assert [(m["at"], m["question"]) for m in scores.missing] == [
+        ("stamp 300", "Is there a cat?"), ("frame 2", None),
+    ]  # fmt: skip
     assert 0 < scores.bleu_4 <= 1 and 0 < scores.rouge_l <= 1 and scores.cider > 0
 
 

@@ -14,6 +14,7 @@ a ROS 1 ``.bag``. Messages come back as ROS 2 CDR (:meth:`BagReader.cdr`) for th
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,27 @@ class BagReader:
         """(connection, log time ns, raw bytes) in log-time order, of the image connections."""
         yield from self._reader.messages(connections=connections or self.connections)
 
+    def definition(self, connection: Any) -> tuple[str, str]:
+        """(message definition, RIHS01 hash) to declare for this connection's messages as
+        :meth:`cdr` returns them, in an output bag: the bag's own text where it carries one
+        (what its data was written with, byte for byte), else that of the typestore the bag is
+        read with (its distribution's, or Humble's). A ROS 1 bag's messages are converted to
+        ROS 2 CDR against Humble's definitions, so those are declared."""
+        msgtype = connection.msgtype
+        if self.ros1:
+            if self._ros2_store is None:
+                self._ros2_store = get_typestore(FALLBACK_ROS2)
+            store = self._ros2_store
+            return store.generate_msgdef(msgtype, ros_version=2)[0], store.hash_rihs01(msgtype)
+        own = connection.msgdef
+        if own.format != MessageDefinitionFormat.NONE and own.data.strip():
+            digest = connection.digest
+            if not str(digest).startswith("RIHS01_"):  # older bags store an md5 or nothing
+                digest = self.typestore.hash_rihs01(msgtype)
+            return own.data, digest
+        msgdef, _ = self.typestore.generate_msgdef(msgtype, ros_version=2)
+        return msgdef, self.typestore.hash_rihs01(msgtype)
+
     def deserialize(self, raw: bytes, connection: Any) -> Any:
         if self.ros1:
             return self.typestore.deserialize_ros1(raw, connection.msgtype)
@@ -195,3 +217,28 @@ def header_stamps(reader: BagReader, connections: list) -> dict[str, set[int]]:
         msg = reader.deserialize(raw, connection)
         stamps.setdefault(connection.topic, set()).add(stamp_to_ns(msg.header.stamp))
     return stamps
+
+
+_SAMPLE_BYTES = 1 << 20  # of each data file's head and tail, hashed for the bag's identity
+
+
+def bag_identity(path: Path) -> dict:
+    """What says two runs replayed the same bag, in a fraction of a second on bags of any size:
+    the path, each file's size, and a SHA-256 of the metadata (rosbag2: metadata.yaml, with its
+    message counts and time span) and of the first and last MiB of each data file."""
+    path = Path(path).resolve()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    sizes = {}
+    for file in files:
+        size = file.stat().st_size
+        sizes[file.name] = size
+        digest.update(f"{file.name}\0{size}\0".encode())
+        with file.open("rb") as data:
+            if file.name == "metadata.yaml" or size <= 2 * _SAMPLE_BYTES:
+                digest.update(data.read())
+            else:
+                digest.update(data.read(_SAMPLE_BYTES))
+                data.seek(size - _SAMPLE_BYTES)
+                digest.update(data.read())
+    return {"path": str(path), "sizes": sizes, "sha256": digest.hexdigest()}

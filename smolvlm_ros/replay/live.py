@@ -162,7 +162,9 @@ def replay_live(
     executor.add_node(client)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    sim_now = [0]  # bag time of the latest frame sent: when a result arrives, "published"
+    # Bag time of the latest frame (or, after the bag, /clock tick) sent: a result arriving now
+    # is "published" then, so frame -> result latency is on the bag's clock, to a frame period.
+    sim_now = [0]
 
     def record(kind: str):
         def callback(msg) -> None:
@@ -181,6 +183,7 @@ def replay_live(
         msg = typestore.deserialize_cdr(raw, connection.msgtype)
         stats.frame_stamps.setdefault(connection.topic, []).append(stamp_to_ns(msg.header.stamp))
         stats.frames += 1
+        stats.frame_at(log_ns)
 
     try:
         play_images(

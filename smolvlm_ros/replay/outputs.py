@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import json
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from smolvlm_ros.engine import CAPTION, Result
 from smolvlm_ros.interfaces import typestore_with_our_messages
 from smolvlm_ros.pipeline.intake import stamp_fields
+from smolvlm_ros.replay.bags import BagReader
 
 CAPTION_TOPIC = "/smolvlm/caption"
 ANSWER_TOPIC = "/smolvlm/answer"
@@ -48,22 +50,30 @@ def result_record(result: Result, publish_ns: int) -> dict:
     }
 
 
-class JsonlWriter:
-    def __init__(self, path: Path) -> None:
-        self._file = path.open("w", encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-    def close(self) -> None:
-        self._file.close()
+def message_key(kind: str, msg: Any) -> tuple:
+    """A Caption's / VqaAnswer's key, as :func:`smolvlm_ros.replay.rundir.record_key` of its
+    results.jsonl line: the two are matched when a resumed run copies a stopped one's bag."""
+    stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+    return (kind, msg.camera, stamp, msg.question if kind != CAPTION else None)
 
 
 class ResultBag:
     """A new rosbag2 (mcap): the input image messages as recorded, plus Caption / VqaAnswer
-    messages stamped with their source frames, on the node's topics."""
+    messages stamped with their source frames, on the node's topics.
 
-    def __init__(self, path: Path) -> None:
+    The image topics are declared with the input bag's own definitions (``source``), not ours:
+    the CDR bytes are copied as recorded, so only the definitions they were written with are
+    sure to read them back (a robot's Image definition may differ from this install's)."""
+
+    def __init__(self, path: Path, source: Path | None = None) -> None:
+        self.path = path
+        self._definitions: dict[tuple[str, str], tuple[str, str]] = {}
+        if source is not None:
+            with BagReader(source) as reader:
+                for connection in reader.connections:
+                    key = (connection.topic, connection.msgtype)
+                    self._definitions.setdefault(key, reader.definition(connection))
+        self._closed = False
         self.typestore = typestore_with_our_messages()
         self._writer = Writer(path, version=8, storage_plugin=StoragePlugin.MCAP)
         self._writer.open()
@@ -78,10 +88,29 @@ class ResultBag:
     def image(self, connection: Any, log_ns: int, raw: bytes) -> None:
         key = (connection.topic, connection.msgtype)
         if key not in self._images:
+            msgdef, digest = self._definitions.get(key, (None, None))
             self._images[key] = self._writer.add_connection(
-                connection.topic, connection.msgtype, typestore=self.typestore
-            )
+                connection.topic, connection.msgtype, typestore=self.typestore,
+                msgdef=msgdef, rihs01=digest,
+            )  # fmt: skip
         self._writer.write(self._images[key], log_ns, raw)
+
+    def copy_results(self, old_bag: Path, keys: list[tuple]) -> int:
+        """Copy the Caption / VqaAnswer messages of ``keys`` (see :func:`message_key`) from a
+        stopped run's bag, at their publish times; the count copied. Images are not copied:
+        the resumed replay reads the whole input again and writes every image."""
+        wanted = Counter(keys)
+        copied = 0
+        with AnyReader([old_bag], default_typestore=self.typestore) as reader:
+            ours = [c for c in reader.connections if c.topic in (CAPTION_TOPIC, ANSWER_TOPIC)]
+            for connection, log_ns, raw in reader.messages(connections=ours):
+                kind = CAPTION if connection.topic == CAPTION_TOPIC else "answer"
+                key = message_key(kind, reader.deserialize(raw, connection.msgtype))
+                if wanted[key] > 0:
+                    wanted[key] -= 1
+                    self.serialized(kind, log_ns, bytes(raw))
+                    copied += 1
+        return copied
 
     def serialized(self, kind: str, publish_ns: int, cdr: bytes) -> None:
         """A Caption (kind "caption") or VqaAnswer already in CDR, e.g. as a live node sent it."""
@@ -127,4 +156,12 @@ class ResultBag:
         return {name: value for name, value in values.items() if name in fields}
 
     def close(self) -> None:
-        self._writer.close()
+        """Close the bag where it is (a stopped run's bag stays under its partial name)."""
+        if not self._closed:
+            self._closed = True
+            self._writer.close()
+
+    def finish(self, final: Path) -> None:
+        """Close and move the bag to ``final``: only a complete run's bag gets that name."""
+        self.close()
+        self.path.rename(final)

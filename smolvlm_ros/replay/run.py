@@ -13,7 +13,7 @@ Two modes:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,15 @@ from smolvlm_ros.engine.types import Frame
 from smolvlm_ros.pipeline.change import ChangeGate
 from smolvlm_ros.pipeline.intake import NS_PER_S, stamp_to_ns
 from smolvlm_ros.pipeline.runner import CaptionSettings, JobRunner, ReceivedImage
-from smolvlm_ros.pipeline.scheduler import CameraConfig, CameraStats, FrameScheduler, ManualClock
+from smolvlm_ros.pipeline.scheduler import (
+    CameraConfig,
+    CameraStats,
+    CaptionBatchJob,
+    CaptionJob,
+    FrameScheduler,
+    Job,
+    ManualClock,
+)
 from smolvlm_ros.replay.bags import BagReader, image_connections
 from smolvlm_ros.replay.scoring import Reference
 
@@ -71,9 +79,18 @@ class ReplayStats:
 
     frames: int = 0
     results: int = 0
+    jobs: int = 0  # scheduler jobs handed out, run or skipped (a resumed run's job index)
+    skipped_jobs: int = 0  # finished by the run this one resumes
     cameras: dict[str, CameraStats] = field(default_factory=dict)
     # Header stamps (ns) of each camera's messages in bag order: frame index -> stamp.
     frame_stamps: dict[str, list[int]] = field(default_factory=dict)
+    first_ns: int | None = None  # bag (log) time of the first and last frame replayed
+    last_ns: int | None = None
+
+    def frame_at(self, log_ns: int) -> None:
+        """A frame went out at bag time ``log_ns``: the span that results per bag second use."""
+        self.first_ns = log_ns if self.first_ns is None else self.first_ns
+        self.last_ns = log_ns
 
 
 def image_topics(reader: BagReader, wanted: tuple[str, ...]) -> list:
@@ -139,6 +156,16 @@ class ReplayRunner(JobRunner):
             self.captions = standing
         return answers + self._typed_answers(frame, typed)
 
+    def skip(self, job: Job) -> None:
+        """A job the stopped run finished (``--resume``): no engine call, but its frames go
+        through decoding and the change gate as they did then, so the gate's memory and the
+        drop counts stay those of an uninterrupted run."""
+        if isinstance(job, CaptionJob):
+            self._admit(job.camera, job.item)
+        elif isinstance(job, CaptionBatchJob):
+            for camera, item in zip(job.cameras, job.items, strict=True):
+                self._admit(camera, item)
+
     def _typed_answers(self, frame: Frame, typed: list[Asked]) -> list[Result]:
         """Typed reference questions, one at a time (the frame's encoding is cached)."""
         results = []
@@ -166,11 +193,17 @@ def replay(
     on_image: Callable[[Any, int, bytes], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     references: Sequence[Reference] = (),
+    done_jobs: Collection[int] = (),
+    on_job: Callable[[int, int], None] | None = None,
 ) -> ReplayStats:
     """Replay ``bag``; ``on_result(result, publish_ns)`` gets every caption and answer with the
     bag time it would have been published at; ``on_image(connection, log_ns, cdr)`` every
     input image message as ROS 2 CDR (to copy them into an output bag); ``progress(done,
-    total)``. Each captioned frame is also asked the questions of ``references`` about it."""
+    total)``. Each captioned frame is also asked the questions of ``references`` about it.
+
+    Jobs are numbered in the order the scheduler hands them out, which the bag and the config
+    alone decide; those in ``done_jobs`` (finished by a stopped run) are skipped, and
+    ``on_job(index, results)`` hears of each job finished, after its results went out."""
     config.validate()
     frame_questions = FrameQuestions(references)
     with BagReader(Path(bag)) as reader:
@@ -206,11 +239,20 @@ def replay(
                 job = scheduler.next_job(timeout=0)
                 if job is None:
                     return
-                results = runner.run(job)
+                index = stats.jobs
+                stats.jobs += 1
+                if index in done_jobs:
+                    runner.skip(job)
+                    stats.skipped_jobs += 1
+                    results = []
+                else:
+                    results = runner.run(job)
                 done = start + (config.compute_s if config.mode == Mode.LIVE else 0.0)
                 for result in results:
                     on_result(result, round(done * NS_PER_S))
                 stats.results += len(results)
+                if on_job is not None and index not in done_jobs:
+                    on_job(index, len(results))
                 if config.mode == Mode.LIVE:
                     busy_until = done
 
@@ -229,6 +271,7 @@ def replay(
             if on_image is not None:
                 on_image(connection, log_ns, reader.cdr(raw, connection))
             stats.frames += 1
+            stats.frame_at(log_ns)
             if config.mode == Mode.EVERY:
                 work_until(t)
             if progress is not None:

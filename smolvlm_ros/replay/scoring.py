@@ -177,6 +177,8 @@ class Scores:
     typed_scored: int = 0
     # typed answers by confidence bin: {"bin": "0.8-1.0", "answers": n, "accuracy": a}
     calibration: list[dict] = field(default_factory=list)
+    # references whose frame got no such result: {"line", "camera", "at", "question"}
+    missing: list[dict] = field(default_factory=list)
     per_record: dict[int, dict] = field(default_factory=dict)  # record index -> its scores
 
 
@@ -202,7 +204,10 @@ def score(
             index = by_key.get((ref.camera, stamp, "answer", ref.question))
             if index is None:
                 scores.vqa_missing += 1
+                scores.missing.append(_missing(ref))
                 continue
+            # the expected answers beside the given one, in results.jsonl and the report
+            scores.per_record.setdefault(index, {})["expected"] = list(ref.answers)
             if ref.answer is not None and ref.answer.type != AnswerType.TEXT:
                 right = typed_right(records[index], ref)
                 typed.append((float(records[index].get("confidence", 0.0)), right))
@@ -215,7 +220,9 @@ def score(
             index = by_key.get((ref.camera, stamp, "caption", None))
             if index is None:
                 scores.captions_missing += 1
+                scores.missing.append(_missing(ref))
                 continue
+            scores.per_record.setdefault(index, {})["expected"] = list(ref.captions)
             gts[str(number)] = [caption_words(c) for c in ref.captions]
             res[str(number)] = [caption_words(records[index]["text"]) or "empty"]
             scores.per_record.setdefault(index, {})["caption_ref"] = str(number)
@@ -228,6 +235,33 @@ def score(
     if res:
         _caption_metrics(scores, gts, res)
     return scores
+
+
+def _missing(ref: Reference) -> dict:
+    return {"line": ref.line, "camera": ref.camera, "at": ref.where(), "question": ref.question}
+
+
+# Caption metrics are an extra of the package (setup.py) and a requirements file, so that a
+# robot's install does not carry them; the CLI names both when they are missing.
+SCORING_EXTRA = "scoring"
+SCORING_NEEDS = (
+    "caption references are scored with pycocoevalcap (BLEU-4, ROUGE-L, CIDEr-D), which is not "
+    f"installed: pip install 'smolvlm_ros[{SCORING_EXTRA}]' (or pip install -r "
+    "requirements/scoring.txt)"
+)
+
+
+def check_scoring_dependencies(references: list[Reference]) -> None:
+    """Raise ReferenceError (naming the extra) if these references need a scorer that does not
+    import: checked before the model loads, so it never fails after an hour of replay."""
+    if not any(ref.captions for ref in references):
+        return  # VQA accuracy and typed answers need nothing outside the core
+    try:
+        import pycocoevalcap.bleu.bleu
+        import pycocoevalcap.cider.cider
+        import pycocoevalcap.rouge.rouge  # noqa: F401
+    except ImportError as err:
+        raise ReferenceError(f"{SCORING_NEEDS} ({err})") from None
 
 
 def _caption_metrics(scores: Scores, gts: dict, res: dict) -> None:
