@@ -40,6 +40,7 @@ setup(
             "smolvlm-bench = smolvlm_ros.bench:main",
             "smolvlm-replay = smolvlm_ros.replay.__main__:main",
             "smolvlm-compare = smolvlm_ros.replay.compare:main",
+            "smolvlm-dataset-bag = smolvlm_ros.replay.dataset:main",
         ]
     },
     # The message definitions, for writing Caption / VqaAnswer into bags without ROS.
