@@ -224,7 +224,9 @@ def test_integer_accepted_for_a_float_parameter(ros, tmp_path):
         ({"image_topics": [""]}, "image_topics has an empty item"),
         ({"model": "random:huge"}, "unknown model shape 'huge'"),
         ({"device": "tpu"}, "device 'tpu': expected one of auto, cpu, cuda"),
-        ({"backend": "rknn"}, "backend 'rknn': expected one of auto, openvino, torch"),
+        ({"backend": "coral"}, "backend 'coral': expected one of auto, openvino"),
+        # registered, but its runtime is for the board: exits with the reason, never half up
+        ({"backend": "rknn", "device": "cpu"}, "rknn-toolkit-lite2 (rknnlite) is not installed"),
         ({"max_tiles": -1}, "Parameter max_tiles out of range. Min: 0, Max: 1024, value: -1"),
         ({"image_topics": ["/9cam/image"]}, "image_topics: '/9cam/image' is not a valid topic"),
         ({"camera_priorities": [1.0, 2.0]}, "camera_priorities has 2 values for 1 image_topics"),
