@@ -157,9 +157,12 @@ def test_pip_wheel_holds_the_core(tmp_path):
     # the .msg texts, so smolvlm-replay can write Caption / VqaAnswer into bags without ROS
     assert "smolvlm_ros-0.1.0.data/data/share/smolvlm_ros/msg/Caption.msg" in names
     entry_points = zipfile.ZipFile(wheel).read("smolvlm_ros-0.1.0.dist-info/entry_points.txt")
-    for script in (b"smolvlm-bench", b"smolvlm-replay", b"smolvlm-compare"):
+    for script in (b"smolvlm-bench", b"smolvlm-replay", b"smolvlm-compare", b"smolvlm-dataset-bag"):
         assert script in entry_points
     metadata = next(n for n in names if n.endswith("METADATA"))
     requires = zipfile.ZipFile(wheel).read(metadata).decode()
     assert "Requires-Dist: transformers" in requires
     assert "torch==" not in requires  # a user's own (CUDA) torch must be kept
+    # replay's caption metrics: an extra the CLI names when it is missing
+    assert "Provides-Extra: scoring" in requires
+    assert 'pycocoevalcap>=1.2; extra == "scoring"' in requires
