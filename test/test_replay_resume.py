@@ -171,3 +171,28 @@ def test_resume_refuses_another_bag_or_other_settings(bag, tmp_path):
     fresh = run(command(bag, tmp_path / "new", "--topics", CAMERAS[0], "--resume"))
     assert fresh.returncode == 0, fresh.stderr  # nothing to resume: a normal run
     assert summary(tmp_path / "new")["status"] == "complete"
+
+
+def test_a_hard_kill_is_resumed_by_computing_the_unclosed_bag_again(bag, tmp_path):
+    """SIGKILL leaves no chance to close the bag (no metadata.yaml): its results cannot be
+    copied, so --resume says so and computes them again; the run still ends as an uninterrupted
+    one, with results.jsonl and the bag agreeing."""
+    args = ("--topics", CAMERAS[1])
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run(command(bag, whole, *args)).returncode == 0
+    proc = subprocess.Popen(command(bag, killed, *args), cwd=REPO, stderr=subprocess.DEVNULL)
+    results = killed / "results.jsonl"
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        if results.is_file() and len(results.read_text().splitlines()) >= 4:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert summary(killed)["status"] == "partial" and len(records(killed)) >= 4
+    assert not (killed / "bag.partial" / "metadata.yaml").exists()  # never closed
+    resumed = run(command(bag, killed, *args, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "was not closed (killed?)" in resumed.stderr
+    assert records(killed) == records(whole)
+    assert bag_results(killed) == bag_results(whole)
