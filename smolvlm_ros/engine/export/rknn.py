@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,11 @@ def export_onnx(model: Any, path: Path) -> dict:
     try:
         graph = static_tile_graph(model)
         example = torch.zeros(1, 3, size, size)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # The tracer's notes on shapes it fixes (the static tile is the point) and the
+            # legacy exporter's deprecation (the dynamo exporter cannot write opset 15).
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
             out = graph(example)
             torch.onnx.export(
                 graph,
