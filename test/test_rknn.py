@@ -390,3 +390,27 @@ def test_without_a_converted_model_the_error_says_how_to_make_one(loaded, tmp_pa
 def test_on_x86_the_backend_is_unavailable_with_the_install_hint():
     with pytest.raises(BackendError, match=r"rknn-toolkit-lite2 \(rknnlite\) is not installed"):
         choose("rknn", "cpu")
+
+
+def test_the_default_decoder_is_openvinos_and_captions_like_the_openvino_backend(
+    loaded, converted, tmp_path
+):
+    """The production path: no language override, so the CPU decoder is OpenVINO's (installed
+    in the dev venv), fed the NPU stand-in's embeddings; same tokens as backend openvino."""
+    import openvino as ov
+
+    from smolvlm_ros.engine.backends.openvino_backend import build as build_openvino
+
+    options = BackendOptions(rknn_model=str(converted))
+    backend = assemble(loaded, options, FakeBoardRKNNLite, make_board(tmp_path))
+    version = ov.get_version().split("-", 1)[0]
+    assert backend.name == f"rknn-2.5.0+openvino-{version}"
+    assert backend.device == "npu:rk3588:auto+cpu"
+    rknn, openvino = get_backend("rknn"), get_backend("openvino")
+    npu = Engine(loaded, backend, backend_choice=BackendChoice(rknn, "cpu", "test"))
+    reference = Engine(
+        loaded, build_openvino(loaded, options), backend_choice=BackendChoice(openvino, "cpu", "t")
+    )
+    frame = Frame(photo("chelsea"))
+    got, want = npu.caption(frame, max_new_tokens=8), reference.caption(frame, max_new_tokens=8)
+    assert got.token_ids == want.token_ids and len(got.token_ids) > 0
