@@ -120,6 +120,10 @@ def test_ctrl_c_keeps_the_results_and_resume_finishes_them(bag, references, tmp_
     assert (stopped / "bag.partial" / "metadata.yaml").is_file() and not (stopped / "bag").exists()
     assert not (stopped / "report.html").exists()
 
+    cmp = [sys.executable, "-m", "smolvlm_ros.replay.compare", str(whole), str(stopped)]
+    partial_compare = run([*cmp, "--page", str(tmp_path / "ab.html")])
+    assert partial_compare.returncode == 2 and "is a partial run" in partial_compare.stderr
+
     refused = run(command(bag, stopped, *args))
     assert refused.returncode == 2 and "--resume" in refused.stderr
 

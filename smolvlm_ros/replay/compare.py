@@ -51,11 +51,17 @@ def load_run(path: Path) -> tuple[dict, dict[tuple, dict]]:
     summary_path, results_path = path / "summary.json", path / "results.jsonl"
     if not summary_path.is_file() or not results_path.is_file():
         raise FileNotFoundError(f"{path} is not a replay output (no summary.json / results.jsonl)")
+    summary = json.loads(summary_path.read_text())
+    if summary.get("status") == "partial":  # its figures would be those of part of a bag
+        stopped = (summary.get("progress") or {}).get("stopped", "still running")
+        raise FileNotFoundError(
+            f"{path} is a partial run ({stopped}): finish it with smolvlm-replay ... --resume"
+        )
     results = {}
     for line in results_path.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
         results[(r["camera"], r["stamp"], r["kind"], r.get("question"))] = r
-    return json.loads(summary_path.read_text()), results
+    return summary, results
 
 
 def bag_of(summary: dict) -> dict:
