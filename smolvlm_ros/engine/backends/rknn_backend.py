@@ -254,7 +254,7 @@ register(
             }
         ),
         needs_weights=False,  # the openvino decoder runs its export; torch loads on demand
-        # No priority: `auto` never picks it (it needs a converted model); ask for `rknn`.
+        explicit_only=True,  # `auto` never picks it: it needs a converted model
         available=module_check("rknnlite", INSTALL_HINT, label="rknn-toolkit-lite2 (rknnlite)"),
         description="Rockchip NPU (rknn-toolkit-lite2) for vision, CPU decoder beside it",
     )
