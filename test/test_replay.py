@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from replay_helpers import REPO, run_replay
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
@@ -20,7 +21,6 @@ from smolvlm_ros.pipeline.intake import stamp_to_ns
 from smolvlm_ros.replay.outputs import ResultBag
 from smolvlm_ros.tools.sample_bag import DEMO_CAMERAS, write_sample_bag
 
-REPO = Path(__file__).resolve().parents[1]
 CAMERAS = [c.topic for c in DEMO_CAMERAS]
 
 
@@ -31,14 +31,6 @@ def bag(request, tmp_path_factory) -> Path:
     return write_sample_bag(
         path, DEMO_CAMERAS, rate_hz=5.0, seconds_per_photo=0.6, storage=request.param
     )
-
-
-def run_replay(bag: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "smolvlm_ros.replay", str(bag), "--out", str(out),
-         "--model", "random:tiny", "--device", "cpu", "--max-new-tokens", "4", "--quiet", *args],
-        capture_output=True, text=True, cwd=REPO, timeout=600, check=False,
-    )  # fmt: skip
 
 
 def records(out: Path) -> list[dict]:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import yaml
+from replay_helpers import run_replay
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.rosbag1 import Writer as Writer1
 from rosbags.rosbag2 import StoragePlugin, Writer, storage_mcap
@@ -27,7 +26,6 @@ from smolvlm_ros.pipeline.intake import stamp_fields
 from smolvlm_ros.replay.bags import BagReader
 from smolvlm_ros.tools.sample_bag import BAG_START_NS, DEMO_CAMERAS, write_sample_bag
 
-REPO = Path(__file__).resolve().parents[1]
 CAMERAS = [c.topic for c in DEMO_CAMERAS]
 RATE_HZ, SECONDS_PER_PHOTO = 2.0, 0.5  # one frame per photograph: 5 frames a camera
 
@@ -140,14 +138,6 @@ def _ros1(path: Path) -> Path:
                     typename = "sensor_msgs/msg/Image"
                 writer.write(conns[cam.topic], stamp, typestore.serialize_ros1(msg, typename))
     return path
-
-
-def run_replay(bag: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "smolvlm_ros.replay", str(bag), "--out", str(out),
-         "--model", "random:tiny", "--device", "cpu", "--max-new-tokens", "4", "--quiet", *args],
-        capture_output=True, text=True, cwd=REPO, timeout=600, check=False,
-    )  # fmt: skip
 
 
 def captions(out: Path) -> list[tuple[str, int, str]]:
