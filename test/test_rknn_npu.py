@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,53 @@ def test_the_runner_behind_the_simulator_refuses_a_model_it_was_not_given(loaded
         "missing, truncated or not an .rknn model"
     )
     assert np.load(tmp_path / "out.npy").shape == (2, 16, 64)
+
+
+class SimulatedNpuVision:
+    """The simulator's fp16 outputs for the photographs' tiles, replayed as a vision stage (so
+    the engine's decoder runs on what the NPU model computes); a tile it has no output for is
+    an error, so nothing else can slip through."""
+
+    def __init__(self, tiles: np.ndarray, outputs: np.ndarray) -> None:
+        self.outputs = {tile.tobytes(): out for tile, out in zip(tiles, outputs, strict=True)}
+
+    def encode(self, pixel_values, pixel_attention_mask):
+        import torch
+
+        from smolvlm_ros.engine.backends._rknn_runtime import to_nhwc_uint8
+
+        tiles = to_nhwc_uint8(pixel_values.float().numpy())
+        found = [self.outputs[tile.tobytes()] for tile in tiles]
+        return torch.from_numpy(np.concatenate(found).reshape(-1, found[0].shape[-1]))
+
+
+def test_captions_from_the_simulated_fp16_npu_equal_torchs(loaded, tmp_path):
+    """Caption level: the decoder fed the simulator's fp16 embeddings of each photograph makes
+    the same greedy tokens as the all-torch fp32 path."""
+    from types import SimpleNamespace
+
+    from smolvlm_ros.engine import Engine
+    from smolvlm_ros.engine.backends._rknn_runtime import to_nhwc_uint8
+    from smolvlm_ros.engine.backends.registry import BackendChoice, get_backend
+    from smolvlm_ros.engine.backends.torch_backend import TorchBackend, TorchLanguage
+    from smolvlm_ros.engine.export.rknn import SIMULATED_FILE, photo_tiles
+    from smolvlm_ros.engine.types import Frame
+    from smolvlm_ros.photos import PHOTO_NAMES, photo
+
+    done = convert(loaded, "rk3588", "float16", root=tmp_path, verify=True)
+    _, unsplit = photo_tiles(loaded.processor, loaded.model.config.vision_config.patch_size)
+    simulated = np.load(done.directory / SIMULATED_FILE)
+    vision = SimulatedNpuVision(to_nhwc_uint8(unsplit), simulated)
+    npu = SimpleNamespace(
+        name="rknn-simulated", device="npu:sim", dtype="float16+float32", vision=vision,
+        language=TorchLanguage(loaded.model, "cpu"),
+    )  # fmt: skip
+    rknn, torch_spec = get_backend("rknn"), get_backend("torch")
+    # the same capabilities for both engines, so both take the same paths
+    same = BackendChoice(replace(torch_spec, capabilities=rknn.capabilities), "cpu", "test")
+    npu_engine = Engine(loaded, npu, backend_choice=BackendChoice(rknn, "cpu", "test"))
+    reference = Engine(loaded, TorchBackend(loaded.model, "cpu", "float32"), backend_choice=same)
+    for name in PHOTO_NAMES:
+        frame = Frame(photo(name))
+        got = npu_engine.caption(frame, max_new_tokens=12).token_ids
+        assert got == reference.caption(frame, max_new_tokens=12).token_ids, name

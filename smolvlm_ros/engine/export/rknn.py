@@ -63,6 +63,8 @@ DTYPES = ("float16", "int8")
 TOOLKIT_VERSION = "2.5.0"  # what `make npu-env` installs; the manifest records the real one
 OPSET = 15  # Rockchip's SmolVLM recipe
 ONNX_FILE, RKNN_FILE = "vision.onnx", "vision.rknn"
+# With --verify: the simulator's outputs for the unsplit photographs (PHOTO_NAMES order).
+SIMULATED_FILE = "simulated_photos.npy"
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "image_embeddings"
 REPO = Path(__file__).resolve().parents[3]
 CONVERTER = Path(__file__).with_name("rknn_convert.py")
@@ -316,6 +318,7 @@ def _convert_into(
         accuracy = None
         if verify:
             simulated = np.load(work / "simulated.npy")
+            np.save(out / SIMULATED_FILE, simulated)  # kept: replayed by test_rknn_npu.py
             onnx_ref = onnx_outputs(out / ONNX_FILE, unsplit).reshape(simulated.shape)
             torch_ref = torch_outputs(loaded.model, unsplit).reshape(simulated.shape)
             accuracy = {
