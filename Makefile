@@ -110,8 +110,9 @@ $(RKNN_VENV)/.installed: requirements/rknn-toolkit.txt
 	touch $@
 
 # The NPU conversion through rknn-toolkit2's simulator (tests marked `npu`; not in `make test`).
+# Only its own file is collected: it needs no ROS, so no `make setup` either.
 test-npu: $(DEPS_STAMP) npu-env
-	$(PY) -m pytest -m npu
+	$(PY) -m pytest -m npu test/test_rknn_npu.py
 
 clean:
 	rm -rf build build.log $(VENV)
