@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import jsonschema
 import pytest
@@ -21,6 +22,7 @@ from smolvlm_ros.engine.answers import (
     MAX_COUNT_DIGITS,
     AnswerSpec,
     AnswerType,
+    parse_standing,
     pick_option,
 )
 from smolvlm_ros.engine.backends.registry import BackendChoice, choose
@@ -168,3 +170,47 @@ def test_a_backend_that_cannot_score_says_so(tiny_engine, photos):
         engine.ask(Frame(photos["coffee"]), "Open?", YES_NO)
     with pytest.raises(ValueError, match=r"cannot answer count questions.*constrained"):
         engine.ask(Frame(photos["coffee"]), "How many?", COUNT)
+
+
+@pytest.mark.parametrize(
+    ("entry", "question", "spec"),
+    [
+        ("Is the door open?", "Is the door open?", AnswerSpec()),
+        ("Count: what is this?", "Count: what is this?", AnswerSpec()),  # prefixes are exact
+        ("yes_no: Is the door open?", "Is the door open?", YES_NO),
+        ("  count :How many people?  ", "How many people?", COUNT),
+        ("text: Describe it: briefly.", "Describe it: briefly.", AnswerSpec()),
+        (
+            "choice[shelf A| shelf B |the one on the far left]: Which shelf is empty?",
+            "Which shelf is empty?",
+            SHELVES,
+        ),
+        (
+            "json" + json.dumps(DOOR_SCHEMA) + " : Is the door open: and who is there?",
+            "Is the door open: and who is there?",
+            AnswerSpec(AnswerType.JSON, schema=json.dumps(DOOR_SCHEMA)),
+        ),
+    ],
+)
+def test_standing_questions_carry_their_type_in_a_prefix(entry, question, spec):
+    parsed_question, parsed = parse_standing(entry)
+    assert parsed_question == question
+    assert (parsed.type, parsed.options) == (spec.type, spec.options)
+    if spec.type == AnswerType.JSON:
+        assert json.loads(parsed.schema) == DOOR_SCHEMA
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("choice[A]: Which?", "at least two options"),
+        ("choice[A|B]:", "the question after the type is empty"),
+        ('json{"type": "object": Q', "json{SCHEMA}: Q"),
+        ('json{"type": "object"} Q', 'expected ": question"'),
+        ('json{"type": "objekt"}: Q', "json_schema"),
+    ],
+)
+def test_malformed_standing_questions_are_refused_with_the_forms(entry, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        parse_standing(entry)
+    assert repr(entry) in str(err.value)

@@ -196,6 +196,56 @@ def test_describe_streams_partial_text_and_finishes(ros, tmp_path, photos):
         stop(node)
 
 
+def test_typed_standing_questions_and_describe_goals(ros, tmp_path, photos):
+    """Standing questions with a type prefix come out typed on ~/answer; a ~/describe goal
+    with an answer type returns the typed answer (scored types stream no feedback)."""
+    from smolvlm_ros.action import Describe
+
+    questions = ["yes_no: Is the door open?", "choice[left|right]: Which side is clear?"]
+    node = start(
+        ros, tmp_path, image_topics=["/t/image_raw"], questions=questions, max_new_tokens=4
+    )
+    try:
+        answers = Collector(ros, node.topic("answer"), VqaAnswer)
+        with Camera(ros, "/t/image_raw", photos["coffee"], 15.0) as camera:
+            assert wait_for(lambda: len(answers.items) >= 2, 60), node.log
+        by_question = {a.question: a for a in answers.items}
+        door, side = by_question["Is the door open?"], by_question["Which side is clear?"]
+        assert door.answer_type == "yes_no" and door.answer == ("Yes" if door.yes else "No")
+        assert side.answer_type == "choice" and side.choice in ("left", "right")
+        assert 0.5 <= door.confidence <= 1 and 0.5 <= side.confidence <= 1
+        assert stamp_ns_of(door) in camera.sent  # stamped with its source frame
+
+        image = image_msg(photos["astronaut"][:240, :320].copy(), 9, "cam")
+        feedback = []
+        goal = Describe.Goal(
+            prompt="Is anyone there?", image=image, answer_type="yes_no", max_new_tokens=4
+        )
+        result = _goal_result(ros, node, goal, feedback.append)
+        assert result.success, result.error
+        assert result.answer.answer_type == "yes_no" and 0.5 <= result.answer.confidence <= 1
+        assert feedback == []  # scored in one pass: nothing to stream
+        goal = Describe.Goal(
+            prompt="How many?", image=image, answer_type="count", max_new_tokens=8
+        )  # 6 digits + the end fit
+        result = _goal_result(ros, node, goal, feedback.append)
+        assert result.success, result.error
+        assert result.answer.answer_type == "count"
+        assert result.answer.answer == str(result.answer.count)
+        bad = Describe.Goal(prompt="Which?", image=image, answer_type="choice", options=["A"])
+        result = _goal_result(ros, node, bad, feedback.append)
+        assert not result.success and "at least two options" in result.error
+    finally:
+        stop(node)
+
+
+def _goal_result(ros, node, goal, on_feedback):
+    handle = _send_goal(ros, node, goal, on_feedback)
+    result_future = handle.get_result_async()
+    assert wait_for(result_future.done, 60), node.log
+    return result_future.result().result
+
+
 def test_describe_can_be_cancelled(ros, tmp_path, photos):
     from action_msgs.msg import GoalStatus
 

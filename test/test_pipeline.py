@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from smolvlm_ros.engine import Frame
+from smolvlm_ros.engine.answers import parse_standing
 from smolvlm_ros.pipeline.change import ChangeGate, scene_change
 from smolvlm_ros.pipeline.intake import ImageDecodeError
 from smolvlm_ros.pipeline.mosaic import CELL, LABEL_HEIGHT, compose_mosaic
@@ -163,6 +164,39 @@ def test_runner_answers_standing_questions_about_each_captioned_frame(tiny_engin
     assert [a.prompt for a in answers] == ["Is it open?", "Any people?"]
     assert all(a.kind == "answer" and a.stamp_ns == 11 and a.camera == "a" for a in answers)
     assert all(a.reused_encoding for a in answers)  # one vision pass for caption and answers
+
+
+def test_typed_standing_questions_are_answered_typed_in_their_order(tiny_engine, photos):
+    questions = (
+        "Is it open?",
+        "yes_no: Is the door open?",
+        "Any people?",
+        "choice[left|right]: Which side is clear?",
+        "count: How many people?",
+    )
+    scheduler, runner = _runner(tiny_engine)
+    runner.captions = CaptionSettings(max_new_tokens=4, questions=questions)
+    tiny_engine.clear_cache()
+    frame = Frame(photos["coffee"], camera="a", stamp_ns=12)
+    scheduler.offer("a", frame, 0.0)
+    caption, *answers = runner.run(scheduler.next_job(timeout=0))
+    assert caption.kind == "caption"
+    assert [a.prompt for a in answers] == [
+        "Is it open?", "Is the door open?", "Any people?", "Which side is clear?",
+        "How many people?",
+    ]  # fmt: skip
+    assert [a.typed.type if a.typed else None for a in answers[:4]] == [
+        None, "yes_no", None, "choice",
+    ]  # fmt: skip
+    assert isinstance(answers[1].typed.value, bool) and 0 <= answers[1].typed.confidence <= 1
+    assert answers[3].typed.value in ("left", "right")
+    assert answers[4].typed is None or answers[4].typed.type == "count"  # may be cut short
+    assert all(a.reused_encoding and a.stamp_ns == 12 for a in answers)  # one vision pass
+    # the free-text ones are what ask_many gives them; the typed what ask() gives
+    expected = tiny_engine.ask_many(frame, ["Is it open?", "Any people?"], max_new_tokens=4)
+    assert [answers[0].token_ids, answers[2].token_ids] == [e.token_ids for e in expected]
+    alone = tiny_engine.ask(frame, "Is the door open?", answer=parse_standing(questions[1])[1])
+    assert answers[1].typed == alone.typed
 
 
 def test_runner_reports_failures_and_backs_off_until_a_success(tiny_engine, photos):

@@ -69,6 +69,7 @@ def test_the_table_changes_when_the_schema_does(monkeypatch):
         ({"image_topics": ["/a", "/a"]}, "image_topics lists a topic twice"),
         ({"image_topics": ["/a", " "]}, "image_topics has an empty item"),
         ({"questions": ["ok?", ""]}, "questions has an empty item"),
+        ({"questions": ["ok?", "choice[A]: Q"]}, "questions: standing question 'choice[A]: Q'"),
         ({"camera_rates_hz": [1, "a"]}, "camera_rates_hz must be a number, got 'a'"),
         ({"camera_rates_hz": [1.0, 2.0]}, "camera_rates_hz has 2 values for 1 image_topics"),
         ({"camera_priorities": [0.0]}, "camera_priorities [0.0]: expected 0.001-1000"),

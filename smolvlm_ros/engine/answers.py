@@ -19,6 +19,7 @@ Plain Python: the engine does the model work, this module says what each type as
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -104,6 +105,49 @@ class AnswerSpec:
         if self.type == AnswerType.JSON:
             return " Answer with a JSON object."
         return ""
+
+
+_PLAIN_PREFIX = re.compile(r"^(text|yes_no|count)\s*:\s*(.*)$", re.DOTALL)
+_CHOICE_PREFIX = re.compile(r"^choice\s*\[([^\]]*)\]\s*:\s*(.*)$", re.DOTALL)
+
+
+@functools.lru_cache(maxsize=256)
+def parse_standing(entry: str) -> tuple[str, AnswerSpec]:
+    """A standing question as configured (``questions`` setting: one string per question, as
+    ROS parameters are flat), prefixed with its answer type when it is not free text::
+
+        Is the door open?                              (text)
+        yes_no: Is the door open?
+        count: How many people are in the aisle?
+        choice[A|B|C]: Which shelf is empty?
+        json{"type": "object", ...}: Describe the aisle.
+
+    Only these exact lower-case prefixes are read as types. Raises ValueError naming the entry
+    and the fix when a typed prefix is malformed."""
+    text = entry.strip()
+    try:
+        if text.startswith("json{"):
+            schema, end = json.JSONDecoder().raw_decode(text, 4)
+            rest = text[end:].lstrip()
+            if not rest.startswith(":"):
+                raise ValueError('expected ": question" after the schema')
+            spec = AnswerSpec.parse("json", schema=json.dumps(schema))
+            question = rest[1:].strip()
+        elif match := _CHOICE_PREFIX.match(text):
+            options = [o.strip() for o in match.group(1).split("|")]
+            spec, question = AnswerSpec.parse("choice", options), match.group(2).strip()
+        elif match := _PLAIN_PREFIX.match(text):
+            spec, question = AnswerSpec.parse(match.group(1)), match.group(2).strip()
+        else:
+            spec, question = AnswerSpec(), text
+    except ValueError as err:  # json.JSONDecodeError is one too
+        raise ValueError(
+            f"standing question {entry!r}: {err} (forms: 'yes_no: Q', 'count: Q', "
+            "'choice[A|B]: Q', 'json{SCHEMA}: Q', or a plain question)"
+        ) from None
+    if not question:
+        raise ValueError(f"standing question {entry!r}: the question after the type is empty")
+    return question, spec
 
 
 @dataclass(frozen=True)

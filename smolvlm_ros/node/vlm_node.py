@@ -479,18 +479,23 @@ class VlmNode(LifecycleNode):
             await self._wait_for(self._submit(job))
             result = self._answer_of(job.future)
             response.answer = to_vqa_answer(result)
-            if job.answer.type != AnswerType.TEXT and result.typed is None:
-                raise AskError(
-                    f"no complete {job.answer.type} answer: generation ended "
-                    f"({result.finish_reason}) after {len(result.token_ids)} tokens; raise "
-                    "max_new_tokens, or timeout_s"
-                )
+            self._check_typed(job, result)
             response.success = True
         except AskError as err:
             response.success = False
             response.error = str(err)
             self.log.warning(f"~/ask refused: {err}", every_s=5.0, key="ask refused")
         return response
+
+    @staticmethod
+    def _check_typed(job: QuestionJob, result: Result) -> None:
+        """A typed question whose answer was cut short has no value to act on: refuse it."""
+        if job.answer.type != AnswerType.TEXT and result.typed is None:
+            raise AskError(
+                f"no complete {job.answer.type} answer: generation ended "
+                f"({result.finish_reason}) after {len(result.token_ids)} tokens; raise "
+                "max_new_tokens, or timeout_s"
+            )
 
     def _submit(self, job: QuestionJob):
         try:
@@ -539,7 +544,9 @@ class VlmNode(LifecycleNode):
                 finished = future.done() and not future.cancelled() and not future.exception()
                 answer = to_vqa_answer(future.result()) if finished else VqaAnswer()
                 return Describe.Result(success=False, error="cancelled", answer=answer)
-            answer = to_vqa_answer(self._answer_of(job.future))
+            result = self._answer_of(job.future)
+            answer = to_vqa_answer(result)
+            self._check_typed(job, result)
         except AskError as err:
             goal_handle.abort()
             self.log.warning(f"~/describe aborted: {err}", every_s=5.0, key="describe aborted")

@@ -17,6 +17,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
+from smolvlm_ros.engine.answers import AnswerType, parse_standing
 from smolvlm_ros.engine.engine import (
     DEFAULT_CAPTION_PROMPT,
     DEFAULT_MAX_NEW_TOKENS,
@@ -243,13 +244,19 @@ class JobRunner:
     def _standing_answers(self, frame: Frame, cameras: list[str]) -> list[Result]:
         if not self.captions.questions:
             return []
+        limits = {"max_new_tokens": self.captions.max_new_tokens, "should_stop": self._stop_check()}
+        standing = [parse_standing(entry) for entry in self.captions.questions]
+        free = [question for question, spec in standing if spec.type == AnswerType.TEXT]
         try:  # the caption left the frame's embeddings in the cache: no second vision pass
-            results = self.engine.ask_many(
-                frame,
-                list(self.captions.questions),
-                max_new_tokens=self.captions.max_new_tokens,
-                should_stop=self._stop_check(),
-            )
+            # free-text questions share one prefill and one batched decode; typed ones are
+            # scored or constrained one by one (over the same cached embeddings)
+            answers = iter(self.engine.ask_many(frame, free, **limits) if free else [])
+            results = [
+                next(answers)
+                if spec.type == AnswerType.TEXT
+                else self.engine.ask(frame, question, answer=spec, **limits)
+                for question, spec in standing
+            ]
         except Exception as err:
             self._inference_failed(err, f"standing questions about {', '.join(cameras)}")
             return []

@@ -23,6 +23,7 @@ from smolvlm_ros.engine import (
     TilingConfig,
     TilingError,
 )
+from smolvlm_ros.engine.answers import parse_standing
 from smolvlm_ros.engine.backends.base import COMPILE_MODES, QUANTIZATIONS
 from smolvlm_ros.engine.backends.registry import backend_names
 from smolvlm_ros.engine.engine import DEFAULT_EMBEDDING_CACHE
@@ -370,7 +371,8 @@ class Settings:
     questions: tuple[str, ...] = _s(
         (),
         "standing questions answered about every captioned frame, on `~/answer` (the "
-        "caption's image embeddings are reused)",
+        "caption's image embeddings are reused); typed with a prefix: `yes_no: Q`, "
+        "`count: Q`, `choice[A|B|C]: Q`, `json{SCHEMA}: Q` (see Typed answers)",
         G, item=str, nonempty=True, live=True,
     )  # fmt: skip
     max_new_tokens: int = _s(
@@ -449,6 +451,11 @@ class Settings:
             self.tiling().validate()
         except TilingError as err:
             raise SettingsError(str(err)) from err
+        for entry in self.questions:
+            try:
+                parse_standing(entry)
+            except ValueError as err:
+                raise SettingsError(f"questions: {err}") from None
         if self.backend == "remote":
             try:
                 self.remote().validate()
