@@ -315,14 +315,25 @@ class OpenVINOBackend:
 
     device = "cpu"
 
-    def __init__(self, export: Export, loaded: LoadedModel, dtype: str, threads: int) -> None:
+    def __init__(
+        self,
+        export: Export,
+        loaded: LoadedModel,
+        dtype: str,
+        threads: int,
+        with_vision: bool = True,
+    ) -> None:
         import openvino as ov
 
         quantization = export.quantization
         config = compile_config(dtype, quantization, threads)
         core = ov.Core()
         started = time.perf_counter()
-        vision = core.compile_model(core.read_model(export.vision_xml), "CPU", config)
+        # with_vision=False: the decoder alone (backend rknn runs the vision stage on the NPU;
+        # a compiled vision graph would only take the board's memory)
+        vision = None
+        if with_vision:
+            vision = core.compile_model(core.read_model(export.vision_xml), "CPU", config)
         decoder = core.compile_model(core.read_model(export.decoder_xml), "CPU", config)
         self.compile_s = time.perf_counter() - started
         self.export = export
@@ -333,12 +344,15 @@ class OpenVINOBackend:
         self.dtype = dtype if quantization == "none" else f"{dtype}+{quantization}"
         table = np.load(export.embeddings, mmap_mode="r")
         patch_size = loaded.model.config.vision_config.patch_size
-        self.vision = OpenVINOVision(vision, patch_size)
+        self.vision = OpenVINOVision(vision, patch_size) if vision is not None else None
         self.language = OpenVINOLanguage(decoder, table, loaded)
 
 
-def build(loaded: LoadedModel, options: BackendOptions) -> OpenVINOBackend:
-    """Export on first use (cached), then compile both graphs for the CPU."""
+def build(
+    loaded: LoadedModel, options: BackendOptions, with_vision: bool = True
+) -> OpenVINOBackend:
+    """Export on first use (cached), then compile both graphs for the CPU (the decoder alone
+    with ``with_vision=False``)."""
     from smolvlm_ros.engine.export import QUANTIZATIONS, ensure_export, missing_runtime
 
     if loaded.device != "cpu":
@@ -351,7 +365,7 @@ def build(loaded: LoadedModel, options: BackendOptions) -> OpenVINOBackend:
         raise BackendError(f"backend openvino with quantization {quantization}: {missing}")
     threads = cpu_threads(options.cpu_threads)
     export = ensure_export(loaded, quantization)
-    backend = OpenVINOBackend(export, loaded, loaded.dtype, threads)
+    backend = OpenVINOBackend(export, loaded, loaded.dtype, threads, with_vision)
     log.info(
         "openvino %s: %s export %s, %d threads, compiled in %.1f s",
         backend.runtime_version,

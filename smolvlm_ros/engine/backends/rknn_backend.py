@@ -123,9 +123,10 @@ def language_stage(loaded: LoadedModel, options: BackendOptions) -> tuple[Any, s
     Returns (stage, its name, its dtype)."""
     from smolvlm_ros.engine.backends.registry import get_backend
 
-    openvino = get_backend("openvino")
-    if openvino.unavailable_reason() is None:
-        backend = openvino.build(loaded, options)
+    if get_backend("openvino").unavailable_reason() is None:
+        from smolvlm_ros.engine.backends.openvino_backend import build as build_openvino
+
+        backend = build_openvino(loaded, options, with_vision=False)  # the NPU has the vision stage
         return backend.language, backend.name, backend.dtype
     from smolvlm_ros.engine.backends.torch_backend import TorchLanguage
 
