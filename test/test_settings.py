@@ -70,6 +70,7 @@ def test_the_table_changes_when_the_schema_does(monkeypatch):
         ({"image_topics": ["/a", " "]}, "image_topics has an empty item"),
         ({"questions": ["ok?", ""]}, "questions has an empty item"),
         ({"questions": ["ok?", "choice[A]: Q"]}, "questions: standing question 'choice[A]: Q'"),
+        ({"npu_core_mask": "0_3"}, "npu_core_mask '0_3': expected one of auto, 0, 1, 2, 0_1"),
         ({"camera_rates_hz": [1, "a"]}, "camera_rates_hz must be a number, got 'a'"),
         ({"camera_rates_hz": [1.0, 2.0]}, "camera_rates_hz has 2 values for 1 image_topics"),
         ({"camera_priorities": [0.0]}, "camera_priorities [0.0]: expected 0.001-1000"),
@@ -135,7 +136,8 @@ EVERY_ENGINE_AND_TILING_FLAG = [
     "--model", "random:tiny", "--backend", "torch", "--device", "cpu", "--dtype", "float32",
     "--compile", "off", "--cpu-threads", "3", "--quantization", "int8", "--image-splitting",
     "--image-longest-edge", "1024", "--max-tiles", "4",
-    "--max-image-tokens", "640", "--allow-upsampling",
+    "--max-image-tokens", "640", "--allow-upsampling", "--rknn-model", "/npu/m",
+    "--npu-core-mask", "0_1",
 ]  # fmt: skip
 
 
@@ -145,13 +147,14 @@ def test_every_engine_and_tiling_setting_is_a_flag(tmp_path, front_end):
     assert {name for name in names_in(Group.ENGINE, Group.TILING)} == {
         "model", "backend", "device", "dtype", "compile", "cpu_threads", "quantization",
         "image_splitting", "image_longest_edge", "max_tiles", "max_image_tokens",
-        "allow_upsampling",
+        "allow_upsampling", "rknn_model", "npu_core_mask",
     }  # fmt: skip
     config = settings.engine_config()
     assert (config.model, config.backend, config.device, config.dtype, config.compile) == (
         "random:tiny", "torch", "cpu", "float32", "off",
     )  # fmt: skip
     assert (config.cpu_threads, config.quantization) == (3, "int8")
+    assert (config.rknn_model, config.npu_core_mask) == ("/npu/m", "0_1")
     tiling = config.tiling
     assert tiling.image_splitting and tiling.allow_upsampling
     assert (tiling.longest_edge, tiling.max_tiles, tiling.max_image_tokens) == (1024, 4, 640)
@@ -191,3 +194,13 @@ def test_flags_left_out_keep_the_front_ends_own_defaults(tmp_path):
     assert bench.model == "random:256m" and bench.max_new_tokens == Settings().max_new_tokens
     replay = _replay_args(tmp_path, "--questions", "Is it open?", "Any people?").settings
     assert replay.questions == ("Is it open?", "Any people?") and replay.model == Settings().model
+
+
+def test_backend_settings_reach_the_backend_options():
+    settings = Settings.from_mapping(
+        {"backend": "rknn", "rknn_model": "~/npu/smolvlm", "npu_core_mask": "0_1_2",
+         "quantization": "int8", "cpu_threads": 3}
+    )  # fmt: skip
+    options = settings.engine_config().backend_options()
+    assert (options.rknn_model, options.npu_core_mask) == ("~/npu/smolvlm", "0_1_2")
+    assert (options.quantization, options.cpu_threads, options.remote) == ("int8", 3, None)

@@ -92,6 +92,19 @@ class EngineConfig:
     cpu_threads: int = 0  # runtimes that take a thread count (openvino); 0: the usable cores
     quantization: str = "none"  # backends that offer it (openvino): none | int8
     remote: object | None = None  # backend remote: its RemoteOptions (server, key, images)
+    rknn_model: str = ""  # backend rknn: a converted model's folder; "": found in the cache
+    npu_core_mask: str = "auto"  # backend rknn: the NPU cores (auto, 0, 1, 2, 0_1, 0_1_2)
+
+    def backend_options(self) -> BackendOptions:
+        """What every backend is built with (each takes the fields it has a use for)."""
+        return BackendOptions(
+            compile=self.compile,
+            cpu_threads=self.cpu_threads,
+            quantization=self.quantization,
+            remote=self.remote,
+            rknn_model=self.rknn_model,
+            npu_core_mask=self.npu_core_mask,
+        )
 
 
 @dataclass(frozen=True)
@@ -202,13 +215,7 @@ class Engine:
         if dtype not in choice.spec.dtypes:  # dtype auto, and the backend does not run that one
             dtype = choice.spec.dtypes[0]
         loaded = load_model(config.model, device, dtype, weights=choice.spec.needs_weights)
-        options = BackendOptions(
-            compile=config.compile,
-            cpu_threads=config.cpu_threads,
-            quantization=config.quantization,
-            remote=config.remote,
-        )
-        backend = choice.spec.build(loaded, options)
+        backend = choice.spec.build(loaded, config.backend_options())
         return cls(
             loaded, backend, config.tiling, config.sampling, config.embedding_cache_size, choice
         )

@@ -24,6 +24,7 @@ from smolvlm_ros.engine import (
     TilingError,
 )
 from smolvlm_ros.engine.answers import parse_standing
+from smolvlm_ros.engine.backends._rknn_runtime import CORE_MASKS
 from smolvlm_ros.engine.backends.base import COMPILE_MODES, QUANTIZATIONS
 from smolvlm_ros.engine.backends.registry import backend_names
 from smolvlm_ros.engine.engine import DEFAULT_EMBEDDING_CACHE
@@ -218,6 +219,18 @@ class Settings:
         "calibrated on real photographs (faster; accuracy cost in the README); `none`: the "
         "compute dtype throughout",
         E, choices=QUANTIZATIONS,
+    )  # fmt: skip
+    rknn_model: str = _s(
+        "",
+        "backend `rknn`: folder of the converted vision model (`.rknn` + manifest, README "
+        "\"Rockchip NPU\"); empty: the one converted for this checkpoint and chip in the cache",
+        E,
+    )  # fmt: skip
+    npu_core_mask: str = _s(
+        "auto",
+        "backend `rknn`: NPU cores the vision model runs on (`0_1_2`: all three of an RK3588; "
+        "the chip's own count is checked at start-up)",
+        E, choices=tuple(CORE_MASKS),
     )  # fmt: skip
     remote_url: str = _s(
         "",
@@ -504,6 +517,8 @@ class Settings:
             cpu_threads=self.cpu_threads,
             quantization=self.quantization,
             remote=self.remote() if self.backend == "remote" else None,
+            rknn_model=self.rknn_model,
+            npu_core_mask=self.npu_core_mask,
             tiling=self.tiling(),
             # A batch of cameras with standing questions reuses every frame's encoding.
             embedding_cache_size=max(DEFAULT_EMBEDDING_CACHE, self.max_batch),
