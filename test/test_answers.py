@@ -27,6 +27,7 @@ from smolvlm_ros.engine.answers import (
 )
 from smolvlm_ros.engine.backends.registry import BackendChoice, choose
 from smolvlm_ros.engine.backends.torch_static import TorchStaticBackend
+from smolvlm_ros.pipeline.runner import check_standing_questions
 
 DOOR_SCHEMA = {
     "type": "object",
@@ -170,6 +171,14 @@ def test_a_backend_that_cannot_score_says_so(tiny_engine, photos):
         engine.ask(Frame(photos["coffee"]), "Open?", YES_NO)
     with pytest.raises(ValueError, match=r"cannot answer count questions.*constrained"):
         engine.ask(Frame(photos["coffee"]), "How many?", COUNT)
+    # front ends ask before queueing: the node refuses such a request or standing question
+    assert engine.unsupported_answer(AnswerSpec()) is None
+    assert "lacks scoring" in engine.unsupported_answer(SHELVES)
+    assert tiny_engine.unsupported_answer(SHELVES) is None
+    check_standing_questions(tiny_engine, ("yes_no: Open?", "count: How many?"))
+    check_standing_questions(engine, ("Is it open?", "text: What is it?"))
+    with pytest.raises(ValueError, match=r"standing question 'count: How many\?'.*constrained"):
+        check_standing_questions(engine, ("Is it open?", "count: How many?"))
 
 
 @pytest.mark.parametrize(

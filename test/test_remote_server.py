@@ -13,6 +13,9 @@ import signal
 import subprocess
 
 import pytest
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
 from remote_server import free_port
 
 from ros_helpers import Camera, Collector, camera_stats, image_msg, start, stop, wait_for
@@ -93,6 +96,14 @@ def test_captions_and_answers_come_from_the_server(ros, tmp_path, server, photos
             ask, AskQuestion.Request(question="Is it red?", image=image, answer_type="yes_no")
         )
         assert not typed.success and "remote cannot answer" in typed.error
+        # a typed standing question is refused when set, not once per captioned frame
+        client = ros.node.create_client(SetParameters, node.topic("set_parameters"))
+        value = ParameterValue(
+            type=ParameterType.PARAMETER_STRING_ARRAY, string_array_value=["yes_no: Is it red?"]
+        )
+        request = SetParameters.Request(parameters=[ParameterMsg(name="questions", value=value)])
+        result = ros.call(client, request).results[0]
+        assert not result.successful and "remote cannot answer yes_no" in result.reason
         model = _model(ros, node)
         assert model["_level"] != ERROR and model["backend"] == "remote", model
     finally:

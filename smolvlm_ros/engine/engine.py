@@ -256,7 +256,7 @@ class Engine:
         frame's (shared, cached) image embeddings; the most probable one is the answer."""
         started, queue_wait_s = time.perf_counter(), _queue_wait([frame])
         lim = Limits(**limits).validate()
-        self._require(Capability.SCORING, spec)
+        self._require(spec)
         self._check_text(question)
         (encoded,) = self._encode([frame], lim)
         t0 = time.perf_counter()
@@ -290,7 +290,7 @@ class Engine:
         An answer cut short (max_new_tokens, deadline, cancel) has ``typed`` None."""
         started, queue_wait_s = time.perf_counter(), _queue_wait([frame])
         lim = Limits(**limits).validate()
-        self._require(Capability.CONSTRAINED, spec)
+        self._require(spec)
         self._check_text(question)
         (encoded,) = self._encode([frame], lim)
         t0 = time.perf_counter()
@@ -322,12 +322,23 @@ class Engine:
             typed = TypedAnswer(spec.type, value, mean, json.dumps(value, ensure_ascii=False))
         return replace(result, text=typed.text, typed=typed)
 
-    def _require(self, capability: Capability, spec: AnswerSpec) -> None:
-        if not self.supports(capability):
-            raise ValueError(
-                f"backend {self.backend.name} cannot answer {spec.type} questions (it lacks "
-                f"{capability.value}); ask for text, or use backend torch"
-            )
+    def unsupported_answer(self, spec: AnswerSpec) -> str | None:
+        """Why this backend cannot answer questions of ``spec``'s type (None: it can), so front
+        ends refuse them when asked, not when the worker gets to them."""
+        if spec.type == AnswerType.TEXT:
+            return None
+        needed = Capability.SCORING if spec.choices else Capability.CONSTRAINED
+        if self.supports(needed):
+            return None
+        return (
+            f"backend {self.backend.name} cannot answer {spec.type} questions (it lacks "
+            f"{needed.value}); ask for text, or use backend torch"
+        )
+
+    def _require(self, spec: AnswerSpec) -> None:
+        reason = self.unsupported_answer(spec)
+        if reason is not None:
+            raise ValueError(reason)
 
     def _answer_ids(self, text: str) -> torch.Tensor:
         """An answer's tokens as the model would make them after the prompt ("Assistant:"

@@ -74,7 +74,7 @@ from smolvlm_ros.pipeline.requests import (
     check_question,
     check_seconds,
 )
-from smolvlm_ros.pipeline.runner import JobRunner, ReceivedImage
+from smolvlm_ros.pipeline.runner import JobRunner, ReceivedImage, check_standing_questions
 from smolvlm_ros.pipeline.scheduler import (
     DropReason,
     FrameScheduler,
@@ -262,6 +262,10 @@ class VlmNode(LifecycleNode):
             clock=self._ros_seconds,
         )
         self.heartbeat = Heartbeat()
+        try:
+            check_standing_questions(self.engine, s.questions)
+        except ValueError as err:
+            raise SettingsError(str(err)) from None
         self.runner = JobRunner(
             self.engine,
             self.scheduler,
@@ -440,6 +444,10 @@ class VlmNode(LifecycleNode):
             return SetParametersResult(successful=False, reason=str(err))
         if settings is None:
             return SetParametersResult(successful=True)
+        try:
+            check_standing_questions(self.engine, settings.questions)
+        except ValueError as err:
+            return SetParametersResult(successful=False, reason=str(err))
         self.settings = settings
         names = self.scheduler.cameras
         self.scheduler.reconfigure(
@@ -585,6 +593,9 @@ class VlmNode(LifecycleNode):
             )
         except ValueError as err:  # RequestError, or an answer type / options a client got wrong
             raise AskError(str(err)) from None
+        unsupported = self.engine.unsupported_answer(answer)
+        if unsupported is not None:
+            raise AskError(unsupported)
         if len(request.image.data) > 0:
             camera = ""
             try:

@@ -77,6 +77,16 @@ def is_out_of_memory(err: BaseException) -> bool:
     )
 
 
+def check_standing_questions(engine: Engine, questions: tuple[str, ...]) -> None:
+    """Raise ValueError naming the first standing question the engine's backend cannot answer
+    in its type: refused when configured, not once per captioned frame (where each would count
+    as an inference error and back the captions off)."""
+    for entry in questions:
+        reason = engine.unsupported_answer(parse_standing(entry)[1])
+        if reason is not None:
+            raise ValueError(f"questions: standing question {entry!r}: {reason}")
+
+
 @dataclass
 class CaptionSettings:
     """What each captioned frame is asked (reconfigurable while running)."""
