@@ -26,6 +26,7 @@ from smolvlm_ros.engine.answers import (
     pick_option,
 )
 from smolvlm_ros.engine.backends.registry import BackendChoice, choose
+from smolvlm_ros.engine.backends.torch_backend import _image_outputs
 from smolvlm_ros.engine.backends.torch_static import TorchStaticBackend
 from smolvlm_ros.pipeline.runner import check_standing_questions
 
@@ -111,9 +112,23 @@ def test_option_probabilities_are_normalised_over_the_options():
     assert typed.value == "shelf B" == typed.choice
 
 
+def _full_sequence_logprob(engine, prompt, embeddings, option) -> float:
+    """The reference: prompt + option through the model in one uncached pass, the option's
+    tokens' log-probabilities summed."""
+    ids = torch.cat([prompt, option])[None]
+    with torch.inference_mode():
+        logits = engine.loaded.model(
+            input_ids=ids, mm_encoder_outputs=_image_outputs(embeddings), use_cache=False
+        ).logits[0]
+    steps = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(option))
+    return float(logits[steps].float().log_softmax(-1)[torch.arange(len(option)), option].sum())
+
+
 @pytest.mark.parametrize("name", ["coffee", "astronaut"])
-def test_yes_no_and_choice_score_each_option_as_alone(tiny_engine, photos, name):
-    """The batched, left-padded scoring pass equals each option scored in a batch of its own."""
+def test_yes_no_and_choice_score_each_option_as_alone(tiny_engine, static_engine, photos, name):
+    """The prompt run once and the options continuing its cache in one right-padded batch
+    equal each option scored as a whole sequence in a pass of its own (one-token and
+    several-token options), on both torch backends."""
     frame = Frame(photos[name])
     for spec in (YES_NO, SHELVES):
         result = tiny_engine.ask(frame, "Is the door open?", spec)
@@ -122,14 +137,15 @@ def test_yes_no_and_choice_score_each_option_as_alone(tiny_engine, photos, name)
         question = "Is the door open?" + spec.instruction()
         prompt = tiny_engine.prompt_ids(question, [tiny_engine.plan(frame)])
         embeddings = tiny_engine._encode([frame], Limits())[0].embeddings
-        alone = []
-        for option in spec.choices:
-            ids = tiny_engine._answer_ids(option)
-            row, mask = tiny_engine._pad_left([torch.cat([prompt, ids])])
-            alone.append(tiny_engine.backend.language.score(row, mask, embeddings, [len(ids)])[0])
+        options = [tiny_engine._answer_ids(option) for option in spec.choices]
+        alone = [_full_sequence_logprob(tiny_engine, prompt, embeddings, o) for o in options]
+        for engine in (tiny_engine, static_engine):
+            scored = engine.backend.language.score(prompt, embeddings, options)
+            assert scored == pytest.approx(alone, rel=1e-4, abs=1e-4)
         expected = pick_option(spec, alone)
         assert result.typed.text == expected.text
         assert result.typed.confidence == pytest.approx(expected.confidence, rel=1e-4)
+    assert max(len(tiny_engine._answer_ids(o)) for o in SHELVES.choices) > 1  # both paths ran
     assert isinstance(tiny_engine.ask(frame, "Open?", YES_NO).typed.value, bool)
 
 

@@ -24,7 +24,7 @@ import torch
 from smolvlm_ros.engine import Engine, EngineConfig, Frame
 from smolvlm_ros.engine.backends.base import GenerationRequest
 from smolvlm_ros.engine.backends.registry import BackendError, choose
-from smolvlm_ros.engine.backends.torch_backend import TorchBackend, score_rows
+from smolvlm_ros.engine.backends.torch_backend import TorchBackend, score_options
 from smolvlm_ros.engine.engine import DEFAULT_CAPTION_PROMPT
 from smolvlm_ros.engine.export import ExportError, ensure_export, export_path, missing_runtime
 from smolvlm_ros.engine.export.cache import checkpoint_digest
@@ -242,23 +242,20 @@ def test_shared_prefix_questions_equal_the_torch_path(ov_engine, torch_engine, p
 
 @needs_openvino
 def test_scores_equal_the_torch_path(ov_engine, torch_engine, photos):
-    """Typed answers score options: left-padded rows of different tail lengths."""
+    """Typed answers score options: the prompt once, then options of different lengths
+    continuing its state (fanned out by beam_idx), against the torch path."""
     frame = Frame(photos["chelsea"])
     prompt = torch_engine.prompt_ids("Is it a cat?", [torch_engine.plan(frame)])
-    options = [torch.tensor([31, 42]), torch.tensor([7]), torch.tensor([100, 200, 300])]
-    rows = [torch.cat([prompt, option]) for option in options]
-    longest = max(len(r) for r in rows)
-    input_ids = torch.zeros((len(rows), longest), dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for index, row in enumerate(rows):
-        input_ids[index, longest - len(row) :] = row
-        mask[index, longest - len(row) :] = 1
     (encoded,) = torch_engine._encode([frame], _limits())
-    embeddings = encoded.embeddings.repeat(len(rows), 1)
-    lengths = [len(o) for o in options]
-    ours = ov_engine.backend.language.score(input_ids, mask, embeddings, lengths)
-    theirs = score_rows(torch_engine.loaded.model, "cpu", input_ids, mask, embeddings, lengths)
-    assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-4)
+    for options in (
+        [torch.tensor([31, 42]), torch.tensor([7]), torch.tensor([100, 200, 300])],
+        [torch.tensor([31]), torch.tensor([7])],  # one token each: the prompt pass only
+    ):
+        ours = ov_engine.backend.language.score(prompt, encoded.embeddings, options)
+        theirs = score_options(
+            torch_engine.loaded.model, "cpu", prompt, encoded.embeddings, options
+        )
+        assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-4)
 
 
 def _limits():

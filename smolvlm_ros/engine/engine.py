@@ -252,8 +252,9 @@ class Engine:
         return self._ask_constrained(frame, question, spec, **limits)
 
     def _ask_options(self, frame: Frame, question: str, spec: AnswerSpec, **limits) -> Result:
-        """Score every complete option as the answer's start, all in one batched pass over the
-        frame's (shared, cached) image embeddings; the most probable one is the answer."""
+        """Score every complete option as the answer over the frame's (shared, cached) image
+        embeddings: the prompt runs once, the options' tokens continue it in one batch; the
+        most probable option is the answer."""
         started, queue_wait_s = time.perf_counter(), _queue_wait([frame])
         lim = Limits(**limits).validate()
         self._require(spec)
@@ -263,18 +264,11 @@ class Engine:
         prompt = self.prompt_ids(question + spec.instruction(), [encoded.plan])
         options = [self._answer_ids(option) for option in spec.choices]
         tokenize_s = time.perf_counter() - t0
-        rows = [torch.cat([prompt, option]) for option in options]
-        self._check_budget(max(len(r) for r in rows), 0)
+        self._check_budget(len(prompt) + max(len(option) for option in options), 0)
         watch = _StopWatch(lim)
         watch.check_before_start()
-        input_ids, attention_mask = self._pad_left(rows)
         t0 = time.perf_counter()
-        log_probs = self.backend.language.score(
-            input_ids,
-            attention_mask,
-            encoded.embeddings.repeat(len(rows), 1),
-            [len(option) for option in options],
-        )
+        log_probs = self.backend.language.score(prompt, encoded.embeddings, options)
         typed = pick_option(spec, log_probs)
         best = spec.choices.index(typed.text)
         generation = Generation(options[best].tolist(), time.perf_counter() - t0, 0.0)

@@ -123,11 +123,11 @@ class LanguageStage(Protocol):
         """Run the model over a shared prompt prefix once; the result seeds later generations."""
         ...
 
-    def score(
-        self, input_ids: Any, attention_mask: Any, image_embeddings: Any, lengths: list[int]
-    ) -> list[float]:
-        """Log-probability of the last ``lengths[i]`` tokens of left-padded row ``i`` given
-        everything before them, all rows in one pass (typed answers compare options)."""
+    def score(self, prompt_ids: Any, image_embeddings: Any, options: list[Any]) -> list[float]:
+        """Summed log-probability of each option's tokens continuing the prompt (1-D ids, its
+        image tokens filled from ``image_embeddings``): typed answers compare options. The
+        prompt runs once; single-token options need nothing more (a yes/no answer costs one
+        prefill), longer ones one batched pass over their tokens from the prompt's cache."""
         ...
 
 

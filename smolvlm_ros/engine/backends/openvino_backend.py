@@ -215,19 +215,42 @@ class OpenVINOLanguage:
 
     def score(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        prompt_ids: torch.Tensor,
         image_embeddings: torch.Tensor | None,
-        lengths: list[int],
+        options: list[torch.Tensor],
     ) -> list[float]:
-        """Summed log-probabilities of each row's last ``lengths[i]`` tokens (as torch's
-        ``score_rows``: one batch, positions following the mask)."""
-        keep = max(lengths)
-        log_probs = self.tail_logits(input_ids, attention_mask, image_embeddings, keep)
-        log_probs = log_probs.log_softmax(-1)
-        targets = input_ids[:, -keep:]
-        picked = log_probs.gather(-1, targets[..., None])[..., 0]
-        return [float(picked[row, keep - n :].sum()) for row, n in enumerate(lengths)]
+        """As torch's ``score_options``: the prompt once into the state (batch 1), then, when
+        an option is longer than a token, the stored row fanned out to every option
+        (``beam_idx`` zeros) and their tokens one column per call."""
+        from smolvlm_ros.engine.backends.torch_backend import pad_options, sum_option_logprobs
+
+        ids = prompt_ids.numpy()[None]
+        length = ids.shape[1]
+        self.request.reset_state()
+        logits = self._forward(
+            self._embed(ids, image_embeddings),
+            np.ones(ids.shape, np.int64),
+            np.arange(length, dtype=np.int64)[None],
+            np.zeros(1, np.int32),
+        )
+        first = logits.reshape(-1, logits.shape[-1])[-1].log_softmax(-1)
+        if max(len(option) for option in options) == 1:
+            return sum_option_logprobs(first, None, options)
+        rest_ids, rest_mask = pad_options(options)
+        count, width = rest_ids.shape
+        mask = np.concatenate([np.ones((count, length), np.int64), rest_mask.numpy()], axis=1)
+        beam = np.zeros(count, np.int32)  # every row continues the one stored prompt
+        columns = []
+        for column in range(width):
+            step = self._forward(
+                self._embed(rest_ids[:, column : column + 1].numpy(), None),
+                mask[:, : length + column + 1],
+                np.full((count, 1), length + column, np.int64),
+                beam,
+            )
+            columns.append(step.reshape(count, -1).log_softmax(-1))
+            beam = np.arange(count, dtype=np.int32)
+        return sum_option_logprobs(first, torch.stack(columns, dim=1), options)
 
     # -- generation ----------------------------------------------------------------------------
 

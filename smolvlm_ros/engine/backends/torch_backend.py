@@ -95,33 +95,71 @@ class TorchVision:
         return embeddings
 
 
+def pad_options(options: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each option but its last token (what follows the prompt before the token it predicts),
+    right-padded: ids [n, longest - 1] (0 as padding) and the mask of real tokens."""
+    width = max(len(option) for option in options) - 1
+    ids = torch.zeros((len(options), width), dtype=torch.long)
+    mask = torch.zeros((len(options), width), dtype=torch.long)
+    for row, option in enumerate(options):
+        ids[row, : len(option) - 1] = option[:-1]
+        mask[row, : len(option) - 1] = 1
+    return ids, mask
+
+
+def sum_option_logprobs(
+    first: torch.Tensor, rest: torch.Tensor | None, options: list[torch.Tensor]
+) -> list[float]:
+    """``first``: [vocab] log-probabilities after the prompt; ``rest``: [n, longest - 1, vocab]
+    after each option's tokens so far (None when every option is one token)."""
+    totals = []
+    for row, option in enumerate(options):
+        total = float(first[option[0]])
+        if len(option) > 1:
+            steps = torch.arange(len(option) - 1)
+            total += float(rest[row, steps, option[1:]].sum())
+        totals.append(total)
+    return totals
+
+
 @torch.inference_mode()
-def score_rows(
+def score_options(
     model: Any,
     device: str,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    prompt_ids: torch.Tensor,
     image_embeddings: torch.Tensor | None,
-    lengths: list[int],
+    options: list[torch.Tensor],
 ) -> list[float]:
-    """Summed log-probabilities of each row's last ``lengths[i]`` tokens, one forward pass over
-    the left-padded batch (positions follow the mask, as in generation)."""
-    ids, mask = input_ids.to(device), attention_mask.to(device)
-    keep = max(lengths) + 1  # logits of the positions that predict the scored tokens
+    """The LanguageStage.score contract on a transformers model: the prompt once (batch 1,
+    its cache kept), then, if any option is longer than a token, the options' tokens as one
+    right-padded batch over that cache repeated per option."""
+    prompt = prompt_ids.to(device)[None]
     out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+        input_ids=prompt,
+        attention_mask=torch.ones_like(prompt),
         mm_encoder_outputs=_image_outputs(image_embeddings)
         if image_embeddings is not None
         else None,
-        use_cache=False,
-        logits_to_keep=keep,
+        use_cache=True,
+        logits_to_keep=1,
     )
-    log_probs = out.logits[:, :-1].float().log_softmax(-1)  # predicts the last keep - 1 tokens
-    targets = ids[:, -(keep - 1) :]
-    picked = log_probs.gather(-1, targets[..., None])[..., 0]
-    return [float(picked[row, picked.shape[1] - n :].sum()) for row, n in enumerate(lengths)]
+    first = out.logits[0, -1].float().log_softmax(-1).cpu()
+    if max(len(option) for option in options) == 1:
+        return sum_option_logprobs(first, None, options)
+    ids, mask = pad_options(options)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(len(options))
+    length = prompt.shape[1]
+    attention = torch.cat([torch.ones((len(options), length), dtype=torch.long), mask], dim=1)
+    positions = (length + torch.arange(ids.shape[1]))[None].expand(len(options), -1)
+    rest = model(
+        input_ids=ids.to(device),
+        attention_mask=attention.to(device),
+        position_ids=positions.to(device),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return sum_option_logprobs(first, rest.logits.float().log_softmax(-1).cpu(), options)
 
 
 def chosen_logprobs(scores: tuple[torch.Tensor, ...], tokens: torch.Tensor) -> list[list[float]]:
@@ -187,14 +225,11 @@ class TorchLanguage:
 
     def score(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        prompt_ids: torch.Tensor,
         image_embeddings: torch.Tensor | None,
-        lengths: list[int],
+        options: list[torch.Tensor],
     ) -> list[float]:
-        return score_rows(
-            self.model, self.device, input_ids, attention_mask, image_embeddings, lengths
-        )
+        return score_options(self.model, self.device, prompt_ids, image_embeddings, options)
 
     @torch.inference_mode()
     def generate(self, request: GenerationRequest) -> list[Generation]:

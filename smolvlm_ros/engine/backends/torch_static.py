@@ -48,7 +48,7 @@ from smolvlm_ros.engine.backends.torch_backend import (
     TorchVision,
     _sync,
     allowed_bias,
-    score_rows,
+    score_options,
 )
 
 if TYPE_CHECKING:
@@ -190,15 +190,13 @@ class StaticLanguage:
 
     def score(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        prompt_ids: torch.Tensor,
         image_embeddings: torch.Tensor | None,
-        lengths: list[int],
+        options: list[torch.Tensor],
     ) -> list[float]:
-        """One eager pass over the rows (scoring is a prefill: nothing to capture)."""
-        return score_rows(
-            self.model, self.device, input_ids, attention_mask, image_embeddings, lengths
-        )
+        """Eager, on a dynamic cache (scoring is a prefill and a short pass: nothing to
+        capture)."""
+        return score_options(self.model, self.device, prompt_ids, image_embeddings, options)
 
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, image_embeddings: torch.Tensor) -> _Prefix:
