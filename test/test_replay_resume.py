@@ -83,7 +83,12 @@ def bag_results(out: Path) -> Counter:
 
 def interrupt_after(cmd: list[str], out: Path, lines: int) -> subprocess.CompletedProcess:
     """Start the replay and send it a real SIGINT (Ctrl-C) once ``lines`` results are on disk."""
-    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell's background job (as CI may run us)
+    # ignores it, and Python started ignoring SIGINT never raises KeyboardInterrupt
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     results = out / "results.jsonl"
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
