@@ -676,13 +676,13 @@ class Bench:
         )  # fmt: skip
         rows = {name: engine_row(t, "answers") for name, t in zip(names, timed, strict=True)}
         text = rows["text"]["summary"]
-        for name, row in rows.items():
+        for row, t in zip(rows.values(), timed, strict=True):
             summary = row["summary"]
             summary["x_prefill"] = summary["e2e_s"] * 1e3 / text["prefill_ms"]
             summary["vs_text"] = text["e2e_s"] / summary["e2e_s"]
-            typed = [r.typed for r in timed[names.index(name)]["runs"][0].out]
-            row["value"] = None if typed[0] is None else repr(typed[0].value)
-            row["confidence"] = None if typed[0] is None else typed[0].confidence
+            typed = t["runs"][0].out[0].typed  # the first timed run's answer
+            row["value"] = None if typed is None else repr(typed.value)
+            row["confidence"] = None if typed is None else typed.confidence
         return {"encode_ms": cold.timing.encode_ms, **rows}
 
 
