@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -300,16 +301,9 @@ def test_threads_are_what_was_asked(loaded, exported):
 # -- int8 --------------------------------------------------------------------------------------
 
 
-@needs_openvino
-def test_int8_is_built_from_the_float32_export_and_stays_close(loaded, exported, photos):
-    """Teacher-forced: the int8 backend reads the float32 greedy answer; its logits at every
-    step are compared (cosine) and its top-1 token checked against float32's."""
-    int8 = ensure_export(loaded, "int8")
-    assert int8.created and int8.manifest["from"] == exported.directory.name
-    assert int8.manifest["calibration"]["samples"] == 10
-    reference = _ov_engine(loaded, exported)
-    quantised = _ov_engine(loaded, int8)
-    assert quantised.backend.dtype == "float32+int8"
+def _teacher_forced(reference: Engine, quantised: Engine, photos) -> tuple[list[float], float]:
+    """The quantised backend reads the float32 greedy answer; its logits at every step are
+    compared with float32's: (cosines, top-1 agreement)."""
     cosines, agree, total = [], 0, 0
     for image in photos.values():
         frame = Frame(image)
@@ -326,8 +320,125 @@ def test_int8_is_built_from_the_float32_export_and_stays_close(loaded, exported,
         cosines += torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=-1).tolist()
         agree += int((logits[0].argmax(-1) == logits[1].argmax(-1)).sum())
         total += 8
+    return cosines, agree / total
+
+
+@needs_openvino
+def test_int8_is_built_from_the_float32_export_and_stays_close(loaded, exported, photos):
+    int8 = ensure_export(loaded, "int8")
+    assert int8.created and int8.manifest["from"] == exported.directory.name
+    assert int8.manifest["calibration"]["samples"] == 10
+    quantised = _ov_engine(loaded, int8)
+    assert quantised.backend.dtype == "float32+int8"
+    cosines, agreement = _teacher_forced(_ov_engine(loaded, exported), quantised, photos)
     assert min(cosines) > 0.95, cosines
-    assert agree / total > 0.5, (agree, total)
+    assert agreement > 0.5, agreement
+
+
+@needs_openvino
+def test_int4_shares_int8s_vision_and_stays_close(loaded, exported, photos):
+    """int4 = int8's calibrated vision graph (the same file, linked) + a 4-bit decoder
+    compressed from the float32 one."""
+    int8, int4 = ensure_export(loaded, "int8"), ensure_export(loaded, "int4")
+    assert int4.created and int4.manifest["from"] == exported.directory.name
+    assert int4.manifest["vision_from"] == int8.directory.name
+    assert int4.vision_xml.with_suffix(".bin").stat().st_ino == (
+        int8.vision_xml.with_suffix(".bin").stat().st_ino
+    )
+    import openvino as ov
+
+    def weight_types(export):
+        model = ov.Core().read_model(export.decoder_xml)
+        return {
+            op.get_output_element_type(0).get_type_name()
+            for op in model.get_ops()
+            if op.get_type_name() == "Constant" and op.get_output_size() == 1
+        }
+
+    assert "i4" in weight_types(int4) and "i4" not in weight_types(int8)
+    quantised = _ov_engine(loaded, int4)
+    assert quantised.backend.dtype == "float32+int4"
+    cosines, agreement = _teacher_forced(_ov_engine(loaded, exported), quantised, photos)
+    assert min(cosines) > 0.9, cosines
+    assert agreement > 0.4, agreement
+
+
+@needs_openvino
+def test_a_quantised_decoder_computes_in_f32_and_the_vision_stage_in_the_dtype():
+    from smolvlm_ros.engine.backends.openvino_backend import compile_config
+
+    def precision(stage, quantization, dtype="bfloat16"):
+        return compile_config(dtype, quantization, 2, stage)["INFERENCE_PRECISION_HINT"]
+
+    assert precision("decoder", "int8") == precision("decoder", "int4") == "f32"
+    assert precision("vision", "int8") == precision("decoder", "none") == "bf16"
+    assert compile_config("float32", "none", 2, "decoder")["KV_CACHE_PRECISION"] == "f32"
+    with pytest.raises(ValueError, match="stage"):
+        compile_config("float32", "none", 2, "both")
+
+
+# -- speed and memory properties of the compiled graphs ---------------------------------------
+
+
+@needs_openvino
+def test_the_decoder_attention_runs_the_fused_kv_cache_kernel_with_a_float_mask(exported):
+    """The exported decoder hands every attention a float additive mask (a boolean one runs
+    OpenVINO's slower generic kernel), and the CPU plugin fuses each layer's attention with its
+    cache (ScaledDotProductAttentionWithKVCache): the stateful fast path, not a decomposed one."""
+    import openvino as ov
+
+    from smolvlm_ros.engine.backends.openvino_backend import compile_config
+
+    core = ov.Core()
+    model = core.read_model(exported.decoder_xml)
+    attention = [op for op in model.get_ops() if op.get_type_name() == "ScaledDotProductAttention"]
+    layers = exported.manifest["decoder"]["layers"]
+    assert len(attention) == layers
+    assert {op.input(3).get_element_type().get_type_name() for op in attention} == {"f32"}
+    config = {**compile_config("float32", "none", 2, "decoder"), "PERF_COUNT": True}
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    hidden = exported.manifest["decoder"]["hidden"]
+    request.infer(
+        {
+            "inputs_embeds": np.zeros((1, 2, hidden), np.float32),
+            "attention_mask": np.ones((1, 2), np.int64),
+            "position_ids": np.arange(2)[None],
+            "beam_idx": np.zeros(1, np.int32),
+        }
+    )
+    kernels = [info.node_type for info in request.profiling_info]
+    assert kernels.count("ScaledDotProductAttentionWithKVCache") == layers
+
+
+def _resident_kb(paths: list[Path]) -> int:
+    """This process's resident kB of its mappings of ``paths`` (from /proc/self/smaps)."""
+    wanted = {str(p.resolve()) for p in paths}
+    resident, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:  # a mapping
+            inside = len(fields) >= 6 and fields[5] in wanted
+        elif inside and fields[0] == "Rss:":
+            resident += int(fields[1])
+    return resident
+
+
+@needs_openvino
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux only (/proc/self/smaps)")
+def test_the_weight_files_are_not_kept_resident_after_the_build(loaded, photos):
+    """Both graphs are warmed at build, then the mapped export files' pages are given back:
+    captions still equal (the packed weights are all the plugin reads), and the files' pages are
+    not back in the process afterwards."""
+    int8 = ensure_export(loaded, "int8")
+    files = [int8.vision_xml.with_suffix(".bin"), int8.decoder_xml.with_suffix(".bin")]
+    engine = _ov_engine(loaded, int8)
+    assert engine.backend.released_bytes > 0
+    size_kb = sum(f.stat().st_size for f in files) >> 10
+    first = [engine.caption(Frame(image), max_new_tokens=6).token_ids for image in photos.values()]
+    assert _resident_kb(files) < 0.05 * size_kb, (_resident_kb(files), size_kb)
+    engine.clear_cache()
+    again = [engine.caption(Frame(image), max_new_tokens=6).token_ids for image in photos.values()]
+    assert again == first
 
 
 @needs_openvino

@@ -216,8 +216,9 @@ class Settings:
     quantization: str = _s(
         "none",
         "`int8` (backend `openvino`): int8 decoder weights and an int8 vision encoder "
-        "calibrated on real photographs (faster; accuracy cost in the README); `none`: the "
-        "compute dtype throughout",
+        "calibrated on real photographs (faster; accuracy cost in the README); `int4`: the "
+        "same with 4-bit decoder weights (fastest and smallest, larger accuracy cost); "
+        "`none`: the compute dtype throughout",
         E, choices=QUANTIZATIONS,
     )  # fmt: skip
     rknn_model: str = _s(

@@ -46,7 +46,7 @@ class Sampling:
 
 
 COMPILE_MODES = ("auto", "on", "off")
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = ("none", "int8", "int4")  # int4: int4 decoder weights, int8 vision
 
 
 @dataclass(frozen=True)

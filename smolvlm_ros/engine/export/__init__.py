@@ -3,7 +3,8 @@
 ``ensure_export(loaded, quantization)`` returns the export for a loaded checkpoint, building it
 the first time: the vision stage and the stateful decoder as OpenVINO IR plus the token
 embedding table, in a directory keyed by the checkpoint's content and the export settings
-(:mod:`.cache`). ``int8`` is built from the float32 export (no second trace).
+(:mod:`.cache`). ``int8`` is built from the float32 export (no second trace); ``int4`` takes
+``int8``'s vision graph and compresses the float32 decoder to 4-bit weights.
 ``python -m smolvlm_ros.engine.export --model ...`` does the same ahead of time, e.g. when a
 robot image is built, so the node's first start does not spend minutes exporting.
 """
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smolvlm_ros.engine.backends.base import QUANTIZATIONS
 from smolvlm_ros.engine.export.cache import (
     EXPORT_FORMAT,
     MANIFEST,
@@ -39,7 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("none", "int8")
 VISION_XML = "vision.xml"
 DECODER_XML = "decoder.xml"
 EMBEDDINGS = "embeddings.npy"
@@ -58,7 +59,9 @@ def missing_runtime(quantization: str = "none") -> str | None:
 
     needed = {"openvino": "OpenVINO (openvino)"}
     if quantization != "none":
-        needed.update(nncf="NNCF (nncf, for int8)", skimage="scikit-image (calibration photos)")
+        needed.update(
+            nncf=f"NNCF (nncf, for {quantization})", skimage="scikit-image (calibration photos)"
+        )
     missing = [
         label for module, label in needed.items() if importlib.util.find_spec(module) is None
     ]
@@ -109,6 +112,8 @@ def ensure_export(
     if is_complete(target):
         return Export(target, read_manifest(target), created=False)
     base = ensure_export(loaded, "none", root) if quantization != "none" else None
+    # int4 differs from int8 in the decoder only: its vision graph is int8's, calibrated once
+    vision_from = ensure_export(loaded, "int8", root) if quantization == "int4" else None
     with locked(target):
         if is_complete(target):  # another process finished it while we waited
             return Export(target, read_manifest(target), created=False)
@@ -119,7 +124,10 @@ def ensure_export(
         try:
             with warnings.catch_warnings():  # torch.export's own deprecation noise
                 warnings.filterwarnings("ignore", ".*LeafSpec", FutureWarning)
-                details = _build(loaded, tmp) if base is None else _quantize(loaded, base, tmp)
+                if base is None:
+                    details = _build(loaded, tmp)
+                else:
+                    details = _quantize(loaded, base, tmp, quantization, vision_from)
             manifest = {
                 "format": EXPORT_FORMAT,
                 "model": loaded.spec,
@@ -189,32 +197,54 @@ def _build(loaded: LoadedModel, out: Path) -> dict:
     }
 
 
-def _quantize(loaded: LoadedModel, base: Export, out: Path) -> dict:
-    """int8 from the float32 export: decoder weights, vision statically (real photographs)."""
+def _link(source: Path, target: Path) -> None:
+    """A hard link to a file of another export (a copy across file systems)."""
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copyfile(source, target)
+
+
+def _quantize(
+    loaded: LoadedModel,
+    base: Export,
+    out: Path,
+    quantization: str,
+    vision_from: Export | None = None,
+) -> dict:
+    """int8 from the float32 export: decoder weights, vision statically (real photographs);
+    int4: the float32 decoder's weights to 4 bits, the vision graph linked from ``vision_from``
+    (the int8 export)."""
     import openvino as ov
 
     from smolvlm_ros.engine.export import openvino_ir
     from smolvlm_ros.engine.export.calibration import PHOTOS, vision_samples
 
     core = ov.Core()
-    samples = vision_samples(loaded.processor, loaded.model.config.vision_config.patch_size)
     t0 = time.perf_counter()
-    vision = openvino_ir.quantize_vision(core.read_model(base.vision_xml), samples)
-    ov.save_model(vision, out / VISION_XML, compress_to_fp16=False)
-    del vision
+    if vision_from is None:
+        samples = vision_samples(loaded.processor, loaded.model.config.vision_config.patch_size)
+        vision = openvino_ir.quantize_vision(core.read_model(base.vision_xml), samples)
+        ov.save_model(vision, out / VISION_XML, compress_to_fp16=False)
+        del vision
+        calibration = {"photos": list(PHOTOS), "samples": len(samples)}
+    else:
+        for name in (VISION_XML, Path(VISION_XML).with_suffix(".bin").name):
+            _link(vision_from.directory / name, out / name)
+        calibration = vision_from.manifest["calibration"]
     t1 = time.perf_counter()
-    decoder = openvino_ir.compress_decoder(core.read_model(base.decoder_xml))
+    decoder = openvino_ir.compress_decoder(core.read_model(base.decoder_xml), quantization)
     ov.save_model(decoder, out / DECODER_XML, compress_to_fp16=False)
     del decoder
     t2 = time.perf_counter()
-    try:
-        os.link(base.embeddings, out / EMBEDDINGS)
-    except OSError:  # another file system
-        shutil.copyfile(base.embeddings, out / EMBEDDINGS)
-    return {
+    _link(base.embeddings, out / EMBEDDINGS)
+    details = {
         "decoder": base.manifest["decoder"],
         "from": base.directory.name,
-        "calibration": {"photos": list(PHOTOS), "samples": len(samples)},
+        "calibration": calibration,
         "vision_quantize_s": round(t1 - t0, 1),
         "decoder_compress_s": round(t2 - t1, 1),
     }
+    if vision_from is not None:
+        details["vision_from"] = vision_from.directory.name
+    return details

@@ -63,6 +63,28 @@ class VisionGraph(torch.nn.Module):
         return features.reshape(-1, features.shape[-1])
 
 
+# The additive mask's "blocked" value: finite in float32 and bfloat16 alike (float32's own minimum
+# rounds to -inf in bf16, and a padded row with every key blocked would then softmax to NaN).
+BLOCKED = torch.finfo(torch.bfloat16).min
+
+
+def additive_mask(attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """[batch, past + new] 0/1 padding mask -> [batch, 1, new, past + new] float32 additive mask:
+    0 where a query may attend a key (a real token at or before it), ``BLOCKED`` elsewhere.
+
+    Why build it here rather than let transformers do it: its SDPA path makes a boolean mask,
+    which OpenVINO's fused KV-cache attention runs on a slower generic kernel (measured on the
+    256M shape: 5.0 ms of attention per decoded token with the boolean mask, 2.5 ms with this
+    one). A 4-D mask is taken as given by transformers' masking utilities."""
+    total = attention_mask.shape[1]
+    keys = torch.arange(total, device=attention_mask.device)
+    queries = keys[total - new_tokens :]
+    causal = keys[None, :] <= queries[:, None]  # [new, total]
+    allowed = causal[None, None] & attention_mask[:, None, None, :].bool()
+    blocked = torch.full(allowed.shape, BLOCKED, dtype=torch.float32, device=allowed.device)
+    return blocked.masked_fill(allowed, 0.0)
+
+
 class DecoderGraph(torch.nn.Module):
     """Embeddings + mask + positions + past KV -> last-position logits + grown KV."""
 
@@ -82,7 +104,7 @@ class DecoderGraph(torch.nn.Module):
             layer.keys, layer.values = keys, values
         hidden = self.text_model(
             inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
+            attention_mask=additive_mask(attention_mask, inputs_embeds.shape[1]),
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,
