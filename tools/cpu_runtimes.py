@@ -5,20 +5,25 @@
 Each runner is its own process (so thread pools and peak RSS are its own), started once per
 round, rounds interleaved so that the machine's load drifts over all of them alike; each process
 warms up once, then generates ``--repeats`` times. Printed: medians of vision, prefill (+ first
-token), decode per token, end to end; peak RSS (VmHWM, the smallest over rounds: a round that
-first builds an export peaks higher); greedy-token agreement with the float32 reference; the
-load average at the start and the end. Runners:
+token), decode per token, end to end, the speed-up over plain ``generate()`` in its faster dtype
+in this run; peak RSS (VmHWM, the smallest over rounds: a round that first builds an export
+peaks higher); greedy-token agreement with the float32 reference; the load average at the start
+and the end. Runners:
 
-- ``transformers_*``: plain ``model.generate()`` on the processor's inputs (the README's way);
+- ``transformers_*``: plain ``model.generate()`` on the processor's inputs (the README's way),
+  timed from the frame like the engine runners (processor call included: ~30 ms);
 - ``engine_torch_*``: this package's torch backend;
 - ``ort_*``: ONNX Runtime on ``torch.onnx.export`` graphs of the same two stages (decoder with
   its KV cache as inputs/outputs), greedy loop on the host; ``int8``: dynamic int8 decoder,
   static int8 vision calibrated on the photographs (QDQ);
 - ``ov_onnx``: OpenVINO reading those same ONNX files (cache as inputs/outputs, its default
   precision: bf16 where the CPU has it);
-- ``openvino_*``: this package's openvino backend (stateful decoder), ``+int8`` its int8 export;
+- ``openvino_*``: this package's openvino backend (stateful decoder), ``_int8`` / ``_int4`` its
+  quantised exports;
 - ``optimum_intel*``: the outside anchor, optimum-intel's own export and ``generate()``, in
-  ``.venv-openvino`` (optimum-intel 2.2 needs transformers < 5: ``make openvino-anchor``).
+  ``.venv-openvino`` (optimum-intel 2.2 needs transformers < 5: ``make openvino-anchor``); it is
+  fed inputs made by this venv's processor (transformers 4 cannot read the random checkpoints'
+  tokenizer), so its time leaves the processor call out: a ~30 ms head start.
 
 The ONNX and optimum-intel exports are cached under ``<cache root>/cpu-runtimes/``.
 """
@@ -42,7 +47,7 @@ PHOTO = "astronaut"
 RUNNERS = (
     "transformers_fp32", "transformers_bf16", "engine_torch_fp32", "engine_torch_bf16",
     "ort_fp32", "ort_int8", "ov_onnx", "openvino_fp32", "openvino_bf16", "openvino_bf16_int8",
-    "optimum_intel", "optimum_intel_int8",
+    "openvino_bf16_int4", "optimum_intel", "optimum_intel_int8",
 )  # fmt: skip
 
 
@@ -88,7 +93,7 @@ def _transformers(model: str, dtype: str):
     from smolvlm_ros.photos import photo
 
     engine = Engine.from_config(EngineConfig(model, device="cpu", dtype=dtype, backend="torch"))
-    inputs = reference_inputs(engine, Frame(photo(PHOTO)), PROMPT)
+    frame = Frame(photo(PHOTO))
 
     class Clock(BaseStreamer):
         def __init__(self) -> None:
@@ -103,6 +108,7 @@ def _transformers(model: str, dtype: str):
     def run(tokens: int):
         clock = Clock()
         started = time.perf_counter()
+        inputs = reference_inputs(engine, frame, PROMPT)  # from the frame, as the engine runs
         with torch.inference_mode():
             out = engine.loaded.model.generate(
                 **inputs, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens,
@@ -327,6 +333,8 @@ def run_one(name: str, model: str, threads: int, tokens: int, repeats: int) -> d
         "openvino_bf16": lambda: _engine(model, "openvino", "bfloat16"),
         "openvino_fp32_int8": lambda: _engine(model, "openvino", "float32", "int8"),
         "openvino_bf16_int8": lambda: _engine(model, "openvino", "bfloat16", "int8"),
+        "openvino_fp32_int4": lambda: _engine(model, "openvino", "float32", "int4"),
+        "openvino_bf16_int4": lambda: _engine(model, "openvino", "bfloat16", "int4"),
     }
     started = time.perf_counter()
     run = builders[name]()
@@ -373,8 +381,12 @@ def main() -> int:
     load_after = os.getloadavg()
     reference = next((runs[n][0]["tokens"] for n in ("openvino_fp32", "engine_torch_fp32",
                       "transformers_fp32") if runs.get(n)), None)  # fmt: skip
-    header = ("runner", "vision s", "prefill s", "decode ms/tok", "e2e s", "peak RSS MB",
-              "agree", "load s")  # fmt: skip
+    # the anchor of the speed-ups: plain generate() in its faster dtype, measured in this run
+    anchors = [statistics.median(r["e2e_s"] for r in runs[n])
+               for n in ("transformers_fp32", "transformers_bf16") if runs.get(n)]  # fmt: skip
+    anchor = min(anchors) if anchors else None
+    header = ("runner", "vision s", "prefill s", "decode ms/tok", "e2e s", "x generate()",
+              "peak RSS MB", "agree", "load s")  # fmt: skip
     print(f"# {args.model}, photo {PHOTO} 640x480, 1 tile, {args.tokens} tokens, {args.threads}"
           f" threads, {args.rounds} rounds x {args.repeats}, {date}; load average "
           f"{load_before[0]:.2f} -> {load_after[0]:.2f}")  # fmt: skip
@@ -395,8 +407,10 @@ def main() -> int:
         def cell(key: str, scale: float = 1.0, fmt: str = "{:.2f}", med=med) -> str:
             return fmt.format(med[key] * scale) if key in med else "-"
 
+        speedup = f"{anchor / med['e2e_s']:.2f}x" if anchor else "-"
+        summary[name]["x_generate"] = anchor / med["e2e_s"] if anchor else None
         print(f"| {name} | {cell('vision_s')} | {cell('prefill_s')} | "
-              f"{cell('decode_token_s', 1000, '{:.0f}')} | {cell('e2e_s')} | "
+              f"{cell('decode_token_s', 1000, '{:.1f}')} | {cell('e2e_s')} | {speedup} | "
               f"{cell('peak_rss_mb', 1, '{:.0f}')} | {agree:.2f} | "
               f"{cell('load_s', 1, '{:.0f}')} |")  # fmt: skip
     if args.json:

@@ -185,7 +185,8 @@ class OpenVINOLanguage:
                 "attention_mask": mask,
                 "position_ids": positions,
                 "beam_idx": beam,
-            }
+            },
+            share_inputs=True,  # a synchronous call: the arrays outlive it, no copies needed
         )
         return torch.from_numpy(result[self.logits]).float()
 
@@ -396,7 +397,9 @@ class OpenVINOBackend:
             "CPU",
             compile_config(dtype, quantization, threads, "decoder"),
         )
-        table = np.load(export.embeddings, mmap_mode="r")
+        # memory-mapped (only the rows looked up become resident); as a plain array view, since
+        # np.memmap's own indexing costs more than the lookup of one row per decoded token
+        table = np.asarray(np.load(export.embeddings, mmap_mode="r"))
         self.language = OpenVINOLanguage(decoder, table, loaded)
         self.language.warm()
         released = release_mapped([export.decoder_xml.with_suffix(".bin")])

@@ -1,6 +1,6 @@
-"""What int8 (and bf16) cost in accuracy on the openvino backend, against float32.
+"""What int8, int4 (and bf16) cost in accuracy on the openvino backend, against float32.
 
-    python -m smolvlm_ros.tools.int8_accuracy --model <checkpoint> [--tokens 16]
+    python -m smolvlm_ros.tools.quantization_accuracy --model <checkpoint> [--tokens 16]
 
 For every photograph (:mod:`smolvlm_ros.photos`) and prompt, float32 (the export run in f32:
 token for token the torch path) makes a greedy answer. Each variant then reads that same
@@ -26,7 +26,13 @@ PROMPTS = (
     "What is the main object in the picture?",
     "Is there a person in this image? Answer yes or no.",
 )
-VARIANTS = (("float32", "int8"), ("bfloat16", "none"), ("bfloat16", "int8"))
+VARIANTS = (
+    ("float32", "int8"),
+    ("float32", "int4"),
+    ("bfloat16", "none"),
+    ("bfloat16", "int8"),
+    ("bfloat16", "int4"),
+)
 
 
 def _engine(loaded, quantization: str, dtype: str, threads: int):
