@@ -423,6 +423,26 @@ def _resident_kb(paths: list[Path]) -> int:
     return resident
 
 
+def test_only_read_only_mappings_of_the_named_files_are_released(tmp_path):
+    """A writable mapping of the same file (its pages may hold writes) and other files'
+    mappings are never advised away."""
+    from smolvlm_ros.engine.backends._mapped_files import read_only_mappings
+
+    weights, other = tmp_path / "decoder.bin", tmp_path / "other.bin"
+    weights.touch()
+    other.touch()
+    maps = tmp_path / "maps"
+    maps.write_text(
+        f"7f0000000000-7f0000100000 r--s 00000000 fd:01 11 {weights}\n"
+        f"7f0000100000-7f0000200000 rw-p 00000000 fd:01 11 {weights}\n"
+        f"7f0000200000-7f0000300000 r--p 00000000 fd:01 12 {other}\n"
+        "7f0000300000-7f0000400000 rw-p 00000000 00:00 0 \n"
+        "7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]\n"
+    )
+    assert read_only_mappings([weights], maps) == [(0x7F0000000000, 0x7F0000100000)]
+    assert read_only_mappings([tmp_path / "missing.bin"], maps) == []
+
+
 @needs_openvino
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux only (/proc/self/smaps)")
 def test_the_weight_files_are_not_kept_resident_after_the_build(loaded, photos):

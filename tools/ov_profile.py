@@ -1,0 +1,120 @@
+"""Where the openvino backend's time goes: per-kernel times of one export's graphs (issue 13).
+
+    .venv/bin/python tools/ov_profile.py [--model random:256m] [--quantization int8]
+        [--precision f32] [--prompt 100] [--steps 32] [--property KEY=VALUE ...] [--vision]
+
+Compiles the export's decoder (or, with ``--vision``, its vision graph) alone with OpenVINO's
+per-node counters on, runs a ``--prompt``-token prefill then ``--steps`` decode steps (or five
+512 px tiles), and prints the median step time and the kernels that took it, summed per kind
+(e.g. ``FullyConnectedCompressed brgemm_avx512_f32``, ``ScaledDotProductAttentionWithKVCache``).
+``--property`` passes any CPU plugin property (``KV_CACHE_PRECISION=f16``,
+``DYNAMIC_QUANTIZATION_GROUP_SIZE=0``...) to try a setting before the backend adopts it. The
+counters add a little time per node: compare kernels within one run, and end-to-end speed with
+``tools/cpu_runtimes.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout, not an installed copy
+
+
+def _kernels(request, into: collections.Counter) -> None:
+    for info in request.profiling_info:
+        into[(info.node_type, info.exec_type)] += info.real_time.total_seconds() * 1e3
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="random:256m")
+    parser.add_argument("--quantization", default="int8", choices=("none", "int8", "int4"))
+    parser.add_argument("--precision", default="f32", choices=("f32", "bf16"))
+    parser.add_argument("--prompt", type=int, default=100, help="prefill length (tokens)")
+    parser.add_argument("--steps", type=int, default=32, help="decode steps timed")
+    parser.add_argument("--threads", type=int, default=0, help="0: the cores this process may use")
+    parser.add_argument("--property", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--vision", action="store_true", help="the vision graph instead")
+    parser.add_argument("--top", type=int, default=12)
+    args = parser.parse_args()
+
+    import numpy as np
+    import openvino as ov
+
+    from smolvlm_ros.engine.backends.openvino_backend import cpu_threads
+    from smolvlm_ros.engine.export import ensure_export
+    from smolvlm_ros.models.loading import load_model
+
+    loaded = load_model(args.model, "cpu", "float32", weights=False)
+    export = ensure_export(loaded, args.quantization)
+    config = {
+        "INFERENCE_NUM_THREADS": cpu_threads(args.threads),
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+        "INFERENCE_PRECISION_HINT": args.precision,
+        "PERF_COUNT": True,
+    }
+    for item in args.property:
+        key, _, value = item.partition("=")
+        config[key] = value
+    core = ov.Core()
+    graph = export.vision_xml if args.vision else export.decoder_xml
+    request = core.compile_model(core.read_model(graph), "CPU", config).create_infer_request()
+    kernels: collections.Counter = collections.Counter()
+    times = []
+    if args.vision:
+        size = loaded.model.config.vision_config.image_size
+        patches = size // loaded.model.config.vision_config.patch_size
+        feed = {
+            "pixel_values": np.random.default_rng(0).standard_normal((1, 3, size, size)),
+            "patch_attention_mask": np.ones((1, patches, patches), bool),
+        }
+        feed["pixel_values"] = feed["pixel_values"].astype(np.float32)
+        request.infer(feed)  # first call: weights packed
+        for _ in range(5):
+            started = time.perf_counter()
+            request.infer(feed)
+            times.append(time.perf_counter() - started)
+            _kernels(request, kernels)
+        what = "vision tile"
+    else:
+        table = np.load(export.embeddings, mmap_mode="r")
+        rng = np.random.default_rng(0)
+        prompt = args.prompt
+        request.infer(
+            {
+                "inputs_embeds": table[rng.integers(0, len(table), (1, prompt))].astype(np.float32),
+                "attention_mask": np.ones((1, prompt), np.int64),
+                "position_ids": np.arange(prompt)[None],
+                "beam_idx": np.zeros(1, np.int32),
+            }
+        )
+        for step in range(args.steps):
+            feed = {
+                "inputs_embeds": np.asarray(table[[[int(rng.integers(0, len(table)))]]]),
+                "attention_mask": np.ones((1, prompt + step + 1), np.int64),
+                "position_ids": np.array([[prompt + step]]),
+                "beam_idx": np.zeros(1, np.int32),
+            }
+            started = time.perf_counter()
+            request.infer(feed)
+            times.append(time.perf_counter() - started)
+            _kernels(request, kernels)
+        what = f"decode step (after a {prompt}-token prompt)"
+    runs = len(times)
+    print(f"# {args.model} {export.directory.name}, {args.precision}, {config}")
+    print(f"{what}: median {statistics.median(times) * 1e3:.2f} ms, min {min(times) * 1e3:.2f}")
+    print(f"kernels, ms per run (sum {sum(kernels.values()) / runs:.2f}):")
+    for (kind, implementation), total in kernels.most_common(args.top):
+        print(f"  {total / runs:8.2f}  {kind}  {implementation}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
