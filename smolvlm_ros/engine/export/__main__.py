@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         "--quantization",
         choices=[*QUANTIZATIONS, "all"],
         default="none",
-        help="none: float32 graphs; int8: also the int8 ones (built from the float32 export)",
+        help="none: float32 graphs; int8: also the int8 ones (built from the float32 export); "
+        "int4: also int8 and the 4-bit decoder; all: every one",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress log")
     args = parser.parse_args(argv)
