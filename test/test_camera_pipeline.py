@@ -40,11 +40,13 @@ def test_30hz_camera_at_1hz_gives_a_caption_a_second_of_the_newest_frame(ros, tm
         gaps = np.diff(stamps) / 1e9
         assert len(window) >= 5, (len(camera.sent), camera_stats(ros, node, "/cam30/image_raw"))
         # one caption per second: paced on a grid (a late caption does not shift the next), so
-        # the typical gap is 1 s; one gap may fall outside the band when the loaded machine stalls
-        # the camera's sender (CI once saw 1.15 s then 0.02 s: at the next due time the newest
-        # frame was still the one sent just after the late caption's)
+        # the typical gap is 1 s. When the loaded machine stalls the camera's sender, the newest
+        # frame at a due time is still the one sent just after the previous caption's: two
+        # adjacent gaps fall outside the band (CI saw 1.15 s then 0.02 s, and 0.03 s then
+        # 1.97 s), never more, and the grid holds (a backlog would make every gap one frame)
         assert 0.9 < float(np.median(gaps)) < 1.1, gaps
-        assert np.count_nonzero((gaps <= 0.8) | (gaps >= 1.3)) <= 1, gaps
+        outside = np.flatnonzero((gaps <= 0.8) | (gaps >= 1.3))
+        assert len(outside) <= 2 and np.all(np.diff(outside) == 1), gaps
         assert np.all(gaps > 0), gaps  # never the same frame twice
         for caption in window:  # every caption is of a frame that was sent ...
             assert stamp_ns_of(caption) in camera.sent
