@@ -381,21 +381,30 @@ def test_a_quantised_decoder_computes_in_f32_and_the_vision_stage_in_the_dtype()
 
 
 @needs_openvino
-def test_the_decoder_attention_runs_the_fused_kv_cache_kernel_with_a_float_mask(exported):
+@pytest.mark.parametrize("quantization", ["none", "int8"])
+def test_the_decoder_attention_runs_the_fused_kv_cache_kernel_with_a_float_mask(
+    loaded, exported, quantization
+):
     """The exported decoder hands every attention a float additive mask (a boolean one runs
     OpenVINO's slower generic kernel), and the CPU plugin fuses each layer's attention with its
-    cache (ScaledDotProductAttentionWithKVCache): the stateful fast path, not a decomposed one."""
+    cache (ScaledDotProductAttentionWithKVCache): the stateful fast path, not a decomposed one.
+    A quantised decoder has its sibling projections merged (q|k|v, gate|up: 4 matrix products
+    per layer and the lm_head) and keeps that fused attention."""
     import openvino as ov
 
     from smolvlm_ros.engine.backends.openvino_backend import compile_config
 
+    export = ensure_export(loaded, quantization)
     core = ov.Core()
-    model = core.read_model(exported.decoder_xml)
-    attention = [op for op in model.get_ops() if op.get_type_name() == "ScaledDotProductAttention"]
+    model = core.read_model(export.decoder_xml)
+    ops = model.get_ops()
+    attention = [op for op in ops if op.get_type_name() == "ScaledDotProductAttention"]
     layers = exported.manifest["decoder"]["layers"]
     assert len(attention) == layers
     assert {op.input(3).get_element_type().get_type_name() for op in attention} == {"f32"}
-    config = {**compile_config("float32", "none", 2, "decoder"), "PERF_COUNT": True}
+    per_layer = 7 if quantization == "none" else 4
+    assert sum(op.get_type_name() == "MatMul" for op in ops) == per_layer * layers + 1
+    config = {**compile_config("float32", quantization, 2, "decoder"), "PERF_COUNT": True}
     request = core.compile_model(model, "CPU", config).create_infer_request()
     hidden = exported.manifest["decoder"]["hidden"]
     request.infer(
@@ -408,6 +417,33 @@ def test_the_decoder_attention_runs_the_fused_kv_cache_kernel_with_a_float_mask(
     )
     kernels = [info.node_type for info in request.profiling_info]
     assert kernels.count("ScaledDotProductAttentionWithKVCache") == layers
+
+
+@needs_openvino
+def test_merged_sibling_projections_compute_what_the_separate_ones_did():
+    """Three products of one input (as q, k, v) and one of another input: the three become one
+    product and a split, the lone one stays, and every output is what it was."""
+    import openvino as ov
+    from openvino import opset13
+
+    from smolvlm_ros.engine.export.openvino_ir import merge_sibling_projections
+
+    rng = np.random.default_rng(0)
+    x = opset13.parameter([2, 3, 8], np.float32, name="x")
+    y = opset13.parameter([2, 3, 8], np.float32, name="y")
+    weights = [rng.standard_normal((rows, 8)).astype(np.float32) for rows in (8, 4, 4, 5)]
+    products = [opset13.matmul(x, opset13.constant(w), False, True) for w in weights[:3]]
+    products.append(opset13.matmul(y, opset13.constant(weights[3]), False, True))
+    model = ov.Model([p.output(0) for p in products], [x, y])
+    feed = {"x": rng.standard_normal((2, 3, 8)).astype(np.float32)}
+    feed["y"] = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    core, exact = ov.Core(), {"INFERENCE_PRECISION_HINT": "f32"}  # the CPU's default may be bf16
+    before = core.compile_model(model.clone(), "CPU", exact)(feed)
+    assert merge_sibling_projections(model) == 1
+    assert sum(op.get_type_name() == "MatMul" for op in model.get_ops()) == 2
+    after = core.compile_model(model, "CPU", exact)(feed)
+    for index in range(4):
+        np.testing.assert_allclose(after[index], before[index], rtol=1e-5, atol=1e-5)
 
 
 def _resident_kb(paths: list[Path]) -> int:

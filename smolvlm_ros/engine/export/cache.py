@@ -26,7 +26,7 @@ from pathlib import Path
 
 from smolvlm_ros.models.random_checkpoint import cache_root
 
-EXPORT_FORMAT = 2  # bump when the graphs or their names change: old exports are then ignored
+EXPORT_FORMAT = 3  # bump when the graphs or their names change: old exports are then ignored
 MANIFEST = "manifest.json"
 HASHES = "hashes.json"
 # What the graphs are made of; tokenizer and generation config do not change them.
