@@ -21,12 +21,12 @@ content and export settings). The engine still owns prompts, tiling and caching;
 
 Precision: ``float32`` runs f32 with an f32 KV cache (exact); ``bfloat16`` runs bf16 with a bf16
 KV cache; ``quantization: int8`` uses the int8 export (int8 decoder weights, statically
-quantised vision encoder) and OpenVINO's u8 KV cache. With int8 weights the decoder computes in
-f32 whatever the dtype, so that OpenVINO quantises its activations to int8 on the fly and
-multiplies int8 by int8 (VNNI / AMX): measured on the 256M shape, 2 cores, that decodes ~20%
-faster than bf16 activations against int8 weights; the vision stage keeps the dtype. The
-backend's ``dtype`` string says both, e.g. ``bfloat16+int8``, and its ``name`` carries the
-runtime version.
+quantised vision encoder) and OpenVINO's u8 KV cache, ``int4`` the int4 export (4-bit decoder
+weights, the same vision encoder). With quantised weights the decoder computes in f32 whatever
+the dtype, so that OpenVINO quantises its activations to int8 on the fly and multiplies int8 by
+int8 (VNNI / AMX), which measured faster than bf16 activations on the 256M shape (README "On a
+CPU"); the vision stage keeps the dtype. The backend's ``dtype`` string says both, e.g.
+``bfloat16+int8``, and its ``name`` carries the runtime version.
 
 Memory: both graphs run once at build (a blank tile, a two-token prompt and a step), which
 packs every weight into the CPU plugin's kernel layout; the mapped export files' pages are then
