@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = Path(tempfile.mkdtemp()) / "demo.yaml"
     parameters = {name: getattr(settings, name) for name in DEMO_SETTINGS}
     parameters = {k: list(v) if isinstance(v, tuple) else v for k, v in parameters.items()}
-    overrides.write_text(
-        yaml.safe_dump({"/**": {"ros__parameters": {**parameters, "image_topics": topics}}})
-    )
+    # reliable frames (see play_images): the demo shows the node, not DDS dropping big frames
+    parameters.update(image_topics=topics, qos_reliability="reliable")
+    overrides.write_text(yaml.safe_dump({"/**": {"ros__parameters": parameters}}))
     command = [
         sys.executable,
         "-m",
@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
 
         print(f"playing {bag} ({', '.join(topics)}) at camera rate ...", flush=True)
-        played = play_images(client, bag, should_stop=lambda: node_proc.poll() is not None)
+        played = play_images(
+            client, bag, should_stop=lambda: node_proc.poll() is not None, reliable=True
+        )
         print(f"played {played} frames; asking a question ...", flush=True)
         request = AskQuestion.Request(question="What is in this image?", camera=topics[0])
         future = ask.call_async(request)
