@@ -342,9 +342,7 @@ def test_int4_shares_int8s_vision_and_stays_close(loaded, exported, photos):
     int8, int4 = ensure_export(loaded, "int8"), ensure_export(loaded, "int4")
     assert int4.created and int4.manifest["from"] == exported.directory.name
     assert int4.manifest["vision_from"] == int8.directory.name
-    assert int4.vision_xml.with_suffix(".bin").stat().st_ino == (
-        int8.vision_xml.with_suffix(".bin").stat().st_ino
-    )
+    assert int4.vision_bin.stat().st_ino == int8.vision_bin.stat().st_ino
     import openvino as ov
 
     def weight_types(export):
@@ -486,7 +484,7 @@ def test_the_weight_files_are_not_kept_resident_after_the_build(loaded, photos):
     captions still equal (the packed weights are all the plugin reads), and the files' pages are
     not back in the process afterwards."""
     int8 = ensure_export(loaded, "int8")
-    files = [int8.vision_xml.with_suffix(".bin"), int8.decoder_xml.with_suffix(".bin")]
+    files = [int8.vision_bin, int8.decoder_bin]
     engine = _ov_engine(loaded, int8)
     assert engine.backend.released_bytes > 0
     size_kb = sum(f.stat().st_size for f in files) >> 10

@@ -3,8 +3,9 @@
     .venv/bin/python tools/ov_profile.py [--model random:256m] [--quantization int8]
         [--precision f32] [--prompt 100] [--steps 32] [--property KEY=VALUE ...] [--vision]
 
-Compiles the export's decoder (or, with ``--vision``, its vision graph) alone with OpenVINO's
-per-node counters on, runs a ``--prompt``-token prefill then ``--steps`` decode steps (or five
+Compiles the export's decoder (or, with ``--vision``, its vision graph) alone, with the
+backend's own properties for it (``compile_config``) at ``--precision`` and OpenVINO's per-node
+counters on, runs a ``--prompt``-token prefill then ``--steps`` decode steps (or five
 512 px tiles), and prints the median step time and the kernels that took it, summed per kind
 (e.g. ``FullyConnectedCompressed brgemm_avx512_f32``, ``ScaledDotProductAttentionWithKVCache``).
 ``--property`` passes any CPU plugin property (``KV_CACHE_PRECISION=f16``,
@@ -47,16 +48,17 @@ def main() -> int:
     import numpy as np
     import openvino as ov
 
-    from smolvlm_ros.engine.backends.openvino_backend import cpu_threads
+    from smolvlm_ros.engine.backends.openvino_backend import compile_config, cpu_threads
     from smolvlm_ros.engine.export import ensure_export
     from smolvlm_ros.models.loading import load_model
 
     loaded = load_model(args.model, "cpu", "float32", weights=False)
     export = ensure_export(loaded, args.quantization)
+    # the backend's own properties for this stage, with the precision asked for
+    dtype = {"f32": "float32", "bf16": "bfloat16"}[args.precision]
+    stage = "vision" if args.vision else "decoder"
     config = {
-        "INFERENCE_NUM_THREADS": cpu_threads(args.threads),
-        "PERFORMANCE_HINT": "LATENCY",
-        "NUM_STREAMS": 1,
+        **compile_config(dtype, args.quantization, cpu_threads(args.threads), stage),
         "INFERENCE_PRECISION_HINT": args.precision,
         "PERF_COUNT": True,
     }

@@ -402,7 +402,7 @@ class OpenVINOBackend:
         table = np.asarray(np.load(export.embeddings, mmap_mode="r"))
         self.language = OpenVINOLanguage(decoder, table, loaded)
         self.language.warm()
-        released = release_mapped([export.decoder_xml.with_suffix(".bin")])
+        released = release_mapped([export.decoder_bin])
         # with_vision=False: the decoder alone (backend rknn runs the vision stage on the NPU;
         # a compiled vision graph would only take the board's memory)
         self.vision = None
@@ -415,7 +415,7 @@ class OpenVINOBackend:
             vision_config = loaded.model.config.vision_config
             self.vision = OpenVINOVision(vision, vision_config.patch_size)
             self.vision.warm(vision_config.image_size)
-            released += release_mapped([export.vision_xml.with_suffix(".bin")])
+            released += release_mapped([export.vision_bin])
         self.compile_s = time.perf_counter() - started  # compiled and warmed
         self.released_bytes = released
         self.export = export

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 VISION_XML = "vision.xml"
 DECODER_XML = "decoder.xml"
+# the weights ov.save_model writes beside each graph
+VISION_BIN = "vision.bin"
+DECODER_BIN = "decoder.bin"
 EMBEDDINGS = "embeddings.npy"
 
 
@@ -87,6 +90,14 @@ class Export:
     @property
     def decoder_xml(self) -> Path:
         return self.directory / DECODER_XML
+
+    @property
+    def vision_bin(self) -> Path:
+        return self.directory / VISION_BIN
+
+    @property
+    def decoder_bin(self) -> Path:
+        return self.directory / DECODER_BIN
 
     @property
     def embeddings(self) -> Path:
@@ -229,7 +240,7 @@ def _quantize(
         del vision
         calibration = {"photos": list(PHOTOS), "samples": len(samples)}
     else:
-        for name in (VISION_XML, Path(VISION_XML).with_suffix(".bin").name):
+        for name in (VISION_XML, VISION_BIN):
             _link(vision_from.directory / name, out / name)
         calibration = vision_from.manifest["calibration"]
     t1 = time.perf_counter()
