@@ -418,6 +418,41 @@ def test_the_decoder_attention_runs_the_fused_kv_cache_kernel_with_a_float_mask(
 
 
 @needs_openvino
+def test_weight_stream_chains_the_int8_decoders_own_products(loaded):
+    """tools/weight_stream.py --model times one decode step's matrix products alone: they must
+    be the int8 export's products (merged q|k|v and gate|up), in the order a step runs them;
+    and the tool runs end to end on them with both runtimes."""
+    import openvino as ov
+
+    sys.path.insert(0, str(REPO / "tools"))
+    from weight_stream import decoder_products
+
+    model = ov.Core().read_model(ensure_export(loaded, "int8").decoder_xml)
+    exported = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "MatMul":
+            outputs, inputs = op.input(1).get_partial_shape().to_shape()  # transpose_b
+            exported.append((inputs, outputs))
+    assert decoder_products("random:tiny") == exported
+
+    tool = str(REPO / "tools" / "weight_stream.py")
+    options = ["--model", "random:tiny", "--bits", "8,4", "--repeats", "3", "--threads", "1"]
+    result = subprocess.run(
+        [sys.executable, tool, *options],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    runtimes = ("openvino", "onnxruntime")
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(runtimes)]
+    assert [(row[0], row[1]) for row in rows] == [
+        (runtime, bits) for runtime in runtimes for bits in ("8", "4")
+    ]
+    assert all(int(row[2]) == len(exported) and float(row[4]) > 0 for row in rows)
+
+
+@needs_openvino
 def test_merged_sibling_projections_compute_what_the_separate_ones_did():
     """Three products of one input (as q, k, v) and one of another input: the three become one
     product and a split, the lone one stays, and every output is what it was."""
