@@ -4,22 +4,24 @@
         [--runtimes openvino,onnxruntime] [--bits 8,4] [--threads 0] [--repeats 100]
     .venv/bin/python tools/weight_stream.py --model random:256m [--runtimes openvino] [--bits 8]
 
-A decode step of a small decoder is a chain of one-row matrix products, each reading its
-weights once. This builds such a chain, ``--layers`` products of ``--shape`` (input x output
-features; the default is SmolVLM-256M's merged gate|up projection), with random weights
-compressed the way each runtime compresses a decoder: OpenVINO through NNCF (int8 per output
-channel, asymmetric, as the backend's ``quantization: int8``; int4 symmetric in groups of 64, as
-``int4``), ONNX Runtime through its MatMulNBits quantiser (8 or 4 bits, symmetric blocks,
-``accuracy_level`` 4: int8 compute). It prints, per chain length, the median time of one pass,
-the weights it read, and the rate (GB/s) and time per product. ``--model`` chains a
-checkpoint's own decoder products instead, as the export merges them (per layer q|k|v, o,
-gate|up, down; then the lm_head), with random weights of those shapes: what one decode step's
-matrix products cost alone, without the attention and small kernels between them.
+A decode step of a small decoder is a chain of one-row matrix products, each reading its weights
+once. This builds such a chain, ``--layers`` products of ``--shape`` (input x output features;
+the default is SmolVLM-256M's merged gate|up projection), with random weights compressed the way
+each runtime compresses a decoder: OpenVINO through NNCF (int8 per output channel, asymmetric,
+as the backend's ``quantization: int8``; int4 symmetric in groups of 64, as ``int4``, here for
+every product: the export keeps its lm_head int8), ONNX Runtime through its MatMulNBits
+quantiser (8 or 4 bits, symmetric blocks, ``accuracy_level`` 4: int8 compute). It prints, per
+chain length, the median time of one pass, the weights it read, and the rate (GB/s) and time per
+product. ``--model`` chains a checkpoint's own decoder products instead, as the export merges
+them (per layer q|k|v, o, gate|up, down; then the lm_head), with random weights of those shapes:
+what one decode step's matrix products cost alone, without the attention and small kernels
+between them.
 
 Why: it shows where a decode step's floor lies on a given machine. While the whole chain fits
-in the CPU's last-level cache the products run several times faster than once it spills to
-memory, so the model's total weight size decides the decode speed more than any kernel setting.
-Compare rows of one run only: shared machines drift between runs.
+in the CPU's last-level cache its weights stream faster (~1.7x on the 2-core machine of the
+README) than once it spills to memory; set beside a decode step's profile (``ov_profile.py``) it
+separates the products' own cost from the rest of the step. Compare rows of one run only: shared
+machines drift between runs.
 """
 
 from __future__ import annotations
