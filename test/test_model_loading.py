@@ -118,6 +118,14 @@ def test_a_missing_model_costs_one_request_and_one_message(monkeypatch, tmp_path
     assert 1 <= len(not_found_hub.requests) <= 2, not_found_hub.requests  # no retry storm
 
 
+@pytest.mark.parametrize("weights", [True, False])
+def test_a_name_that_is_no_directory_and_no_hub_id_is_one_clear_error(weights):
+    """Both load paths (weights=False is the exporting backends') refuse an invalid hub id with
+    a ModelLoadError naming it, not huggingface_hub's own validation error."""
+    with pytest.raises(ModelLoadError, match=r"model 'no such:model' is not a valid hub id"):
+        load_model("no such:model", device="cpu", dtype="float32", weights=weights)
+
+
 def test_offline_mode_fails_at_once_without_asking_the_hub(monkeypatch, tmp_path, not_found_hub):
     _use_hub(monkeypatch, tmp_path, _url(not_found_hub), offline=True)
     err, _ = _timed_failure(REPO_ID)

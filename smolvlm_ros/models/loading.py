@@ -230,6 +230,17 @@ def _hub_problem(repo_id: str) -> str | None:
     return None
 
 
+def _check_hub_id(repo_id: str) -> None:
+    """A ModelLoadError for a name that is no directory and no valid hub id, before any cache
+    lookup (huggingface_hub's own lookups raise its validation error instead)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ModelLoadError(f"model {repo_id!r} is not a valid hub id: {err}") from None
+
+
 def _load_from_hub(repo_id: str, dtype: str) -> tuple[Any, Any]:
     """Load a hub model from the local cache if it is there, else download it if the hub answers.
 
@@ -237,12 +248,7 @@ def _load_from_hub(repo_id: str, dtype: str) -> tuple[Any, Any]:
     downloading and a single clear error, instead of a retry storm against an unreachable hub.
     """
     from huggingface_hub import constants, try_to_load_from_cache
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise ModelLoadError(f"model {repo_id!r} is not a valid hub id: {err}") from None
     cache = constants.HF_HUB_CACHE
     cached_config = try_to_load_from_cache(repo_id, "config.json")
     not_cached = f"is not in the local Hugging Face cache ({cache})"
@@ -279,6 +285,8 @@ def load_model(
     device = select_device(device)
     dtype = select_dtype(dtype, device)
     local = Path(path).is_dir()
+    if not local:
+        _check_hub_id(path)
     if not local and not weights:  # a hub id: skip the weights only if they are cached
         from huggingface_hub import try_to_load_from_cache
 
