@@ -183,13 +183,28 @@ def main() -> int:
 
     from smolvlm_ros.engine.backends.openvino_backend import cpu_threads
 
-    rows, columns = (int(side) for side in args.shape.lower().split("x"))
-    chains = {int(count): [(rows, columns)] * int(count) for count in args.layers.split(",")}
-    label = f"{args.shape} products"
+    def numbers(text: str, option: str, separator: str = ",") -> list[int]:
+        """Positive integers from ``text``, or a usage error that names ``option``."""
+        try:
+            values = [int(part) for part in text.lower().split(separator)]
+        except ValueError:
+            values = []
+        if not values or min(values) <= 0:
+            parser.error(f"{option} takes positive integers separated by {separator!r}: {text!r}")
+        return values
+
+    if args.repeats <= 0:
+        parser.error(f"--repeats must be positive, got {args.repeats}")
     if args.model:
-        chains = {0: decoder_products(args.model)}
+        chains = [decoder_products(args.model)]
         label = f"{args.model}'s decoder products ({len(chains[0])}: one decode step)"
-    bits_list = [int(bits) for bits in args.bits.split(",")]
+    else:
+        shape = numbers(args.shape, "--shape", "x")
+        if len(shape) != 2 or shape[0] > shape[1]:
+            parser.error(f"--shape is INPUTSxOUTPUTS with inputs <= outputs, got {args.shape!r}")
+        chains = [[tuple(shape)] * count for count in numbers(args.layers, "--layers")]
+        label = f"{args.shape} products"
+    bits_list = numbers(args.bits, "--bits")
     runtimes = args.runtimes.split(",")
     if unknown := set(bits_list) - {8, 4}:
         parser.error(f"--bits takes 8 and 4, not {sorted(unknown)}")
@@ -204,7 +219,7 @@ def main() -> int:
     print(f"# {label}, {threads} threads, median of {args.repeats} passes")
     print("runtime      bits  products  weights MB   pass ms    GB/s   us/product")
     with tempfile.TemporaryDirectory() as work:
-        for shapes in chains.values():
+        for shapes in chains:
             weights = _weights(shapes)
             count = len(weights)
             parameters = sum(inputs * outputs for inputs, outputs in shapes)
