@@ -63,6 +63,9 @@ def main() -> int:
     parser.add_argument("--vision", action="store_true", help="the vision graph instead")
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
+    for option in ("prompt", "steps"):
+        if getattr(args, option) <= 0:
+            parser.error(f"--{option} must be positive, got {getattr(args, option)}")
 
     import numpy as np
     import openvino as ov
@@ -82,23 +85,27 @@ def main() -> int:
         "PERF_COUNT": True,
     }
     for item in args.property:
-        key, _, value = item.partition("=")
+        key, equals, value = item.partition("=")
+        if not (key and equals and value):
+            parser.error(f"--property takes KEY=VALUE, got {item!r}")
         config[key] = value
     core = ov.Core()
     graph = export.vision_xml if args.vision else export.decoder_xml
     request = core.compile_model(core.read_model(graph), "CPU", config).create_infer_request()
     clock = KernelClock(request)
     kernels: collections.Counter = collections.Counter()  # summed over the timed calls
-    times, outside = [], []  # wall per call; wall minus its kernels (the runtime's own work)
+    times, outside = [], []  # ms: wall per call; wall minus its kernels (the runtime's own work)
 
-    def timed(feed: dict) -> None:
+    def infer(feed: dict, timed: bool = True) -> None:
+        """One inference, its kernels read (every call: see KernelClock); kept if ``timed``."""
         started = time.perf_counter()
         request.infer(feed)
         wall = (time.perf_counter() - started) * 1e3
         call = clock.call()
-        kernels.update(call)
-        times.append(wall / 1e3)
-        outside.append(wall - sum(call.values()))
+        if timed:
+            kernels.update(call)
+            times.append(wall)
+            outside.append(wall - sum(call.values()))
 
     if args.vision:
         size = loaded.model.config.vision_config.image_size
@@ -108,24 +115,23 @@ def main() -> int:
             "patch_attention_mask": np.ones((1, patches, patches), bool),
         }
         feed["pixel_values"] = feed["pixel_values"].astype(np.float32)
-        request.infer(feed)  # first call: weights packed
-        clock.call()
+        infer(feed, timed=False)  # first call: weights packed
         for _ in range(5):
-            timed(feed)
+            infer(feed)
         what = "vision tile"
     else:
         table = np.load(export.embeddings, mmap_mode="r")
         rng = np.random.default_rng(0)
         prompt = args.prompt
-        request.infer(
+        infer(
             {
                 "inputs_embeds": table[rng.integers(0, len(table), (1, prompt))].astype(np.float32),
                 "attention_mask": np.ones((1, prompt), np.int64),
                 "position_ids": np.arange(prompt)[None],
                 "beam_idx": np.zeros(1, np.int32),
-            }
+            },
+            timed=False,
         )
-        clock.call()
         for step in range(args.steps + 1):
             feed = {
                 "inputs_embeds": np.asarray(table[[[int(rng.integers(0, len(table)))]]]),
@@ -133,15 +139,11 @@ def main() -> int:
                 "position_ids": np.array([[prompt + step]]),
                 "beam_idx": np.zeros(1, np.int32),
             }
-            if step == 0:  # the first one-row step packs the weights for its kernels: untimed
-                request.infer(feed)
-                clock.call()
-            else:
-                timed(feed)
+            infer(feed, timed=step > 0)  # the first one-row step packs its kernels' weights
         what = f"decode step (after a {prompt}-token prompt)"
     runs = len(times)
     print(f"# {args.model} {export.directory.name}, {args.precision}, {config}")
-    print(f"{what}: median {statistics.median(times) * 1e3:.2f} ms, min {min(times) * 1e3:.2f}")
+    print(f"{what}: median {statistics.median(times):.2f} ms, min {min(times):.2f}")
     print(f"outside the kernels (the runtime's own work): {statistics.median(outside):.2f} ms")
     print(f"kernels, mean ms per run (sum {sum(kernels.values()) / runs:.2f}):")
     for (kind, implementation), total in kernels.most_common(args.top):
