@@ -54,10 +54,14 @@ def test_30hz_camera_at_1hz_gives_a_caption_a_second_of_the_newest_frame(ros, tm
         assert int(stats["received"]) >= 150  # ... and ~29 of every 30 were skipped, not queued
         assert 10 < float(while_publishing["input_rate_hz"]) < 40  # the camera's ~30 Hz
         assert int(stats["dropped_superseded"]) >= 0.9 * int(stats["received"]) - 5
-        # the newest frame at the time: picked up within a frame period or so of arriving
-        # (a backlog would make this wait grow caption after caption)
-        waits = [c.timing.queue_wait_ms for c in window]
-        assert max(waits) < 250, waits
+        # the newest frame at the time: picked up within a frame period or so of arriving (a
+        # backlog would make this wait grow caption after caption). The one exception is the
+        # stalled sender above: its frame sent just after a caption is still the newest at the
+        # next due time, ~1 s later (a fresh clone saw one wait of 991 ms among 26 ms ones), and
+        # that caption's stamp gap is then the one out of the band.
+        waits = np.array([c.timing.queue_wait_ms for c in window])
+        slow = np.flatnonzero(waits >= 250)
+        assert len(slow) <= 1 and all(index - 1 in outside for index in slow), (waits, gaps)
     finally:
         stop(node)
 
