@@ -87,7 +87,9 @@ class Launch:
 
 def ros2(*args: str, check: bool = True, timeout: float = 60.0) -> tuple[str, float]:
     """A ros2 CLI command without the daemon (it discovers the graph for 2 s first, and tries
-    again if that was not enough); its output and how long it took."""
+    again if that was not enough, or if the CLI process itself died by a signal: a fresh clone
+    once saw `ros2 param set` end with SIGSEGV and no output, which says nothing about the node;
+    the commands used here are idempotent); its output and how long it took."""
     started = time.monotonic()
     for _ in range(3):
         done = subprocess.run(
@@ -98,7 +100,7 @@ def ros2(*args: str, check: bool = True, timeout: float = 60.0) -> tuple[str, fl
             timeout=timeout,
         )
         output = done.stdout + done.stderr
-        if "not found" not in output.lower():
+        if "not found" not in output.lower() and done.returncode >= 0:
             break
     assert done.returncode == 0 or not check, output
     return output, time.monotonic() - started
